@@ -1,0 +1,180 @@
+"""On-disk arrays: atomic writes, streamed ``.npz`` archives, and memory-mapped loading.
+
+``Y_data.npz`` is written *uncompressed* (ZIP_STORED), so each member is a plain ``.npy`` stored
+contiguously inside the archive and can be memory-mapped in place; training then never reads
+the whole file into memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+X_FILE = "X_data.npy"
+Y_FILE = "Y_data.npz"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary sibling of ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path, obj) -> None:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"Not JSON serialisable: {type(o).__name__}")
+
+
+def write_npz_stored(path, members: dict) -> None:
+    """Write an uncompressed ``.npz`` atomically, streaming members from arrays or ``.npy`` files.
+
+    Args:
+        members: name -> ndarray, or name -> Path of an existing ``.npy`` file (copied in chunks,
+            so a large member never has to fit in memory).
+    """
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, value in members.items():
+                if isinstance(value, (str, Path)):
+                    zf.write(value, arcname=f"{name}.npy")
+                else:
+                    with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                        np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+
+
+def load_npz(path, mmap: bool = True) -> dict:
+    """Load every member of an ``.npz``; stored (uncompressed) numeric members are memory-mapped."""
+    path = Path(path)
+    out = {}
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path} is not a readable .npz archive ({e}). Re-run preprocess_vis.py.") from e
+    with zf, open(path, "rb") as raw:
+        for info in zf.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if mmap and info.compress_type == zipfile.ZIP_STORED:
+                # Local header: 30 bytes + name + extra; the .npy data follows.
+                raw.seek(info.header_offset)
+                head = raw.read(30)
+                n, m = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
+                start = info.header_offset + 30 + n + m
+                raw.seek(start)
+                version = np.lib.format.read_magic(raw)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                    version, np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read_header(raw)
+                if dtype.hasobject:
+                    raise ValueError(f"{path}:{info.filename} holds Python objects; refusing to load it.")
+                if dtype.kind in "biufc" and int(np.prod(shape)) > 0:
+                    out[name] = np.memmap(
+                        path, dtype=dtype, mode="r", offset=raw.tell(), shape=shape,
+                        order="F" if fortran else "C",
+                    )
+                    continue
+            with zf.open(info) as f:
+                out[name] = np.lib.format.read_array(f, allow_pickle=False)
+    return out
+
+
+@dataclass
+class Dataset:
+    """Preprocessed arrays (see ``preprocess_vis.py``). Arrays may be memory-mapped.
+
+    Attributes:
+        x: (N, S_in, S_in, 3) uint8 RGB model inputs.
+        coords: (N, 2K) float32 normalised (x0, y0, x1, y1, ...), -1 where not visible.
+        visible: (N, K) bool.
+        heatmaps: (N, S_hm, S_hm, K) targets, or None when not loaded.
+        keypoints_px: (N, K, 2) float64 ground truth in original pixels (NaN where unknown).
+        stems: (N,) str; orig_sizes: (N, 2) int (W, H); affine: (N, 4) original -> normalised.
+        config: the preprocessing config (dict) that produced the arrays.
+        edges: (E, 2) int mesh edges, for drawing.
+    """
+
+    x: np.ndarray
+    coords: np.ndarray
+    visible: np.ndarray
+    heatmaps: np.ndarray | None
+    keypoints_px: np.ndarray
+    stems: np.ndarray
+    orig_sizes: np.ndarray
+    affine: np.ndarray
+    config: dict
+    edges: np.ndarray
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.visible.shape[1]
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def xy(self) -> np.ndarray:
+        """(N, K, 2) normalised coordinates (-1 where not visible)."""
+        return np.asarray(self.coords).reshape(len(self), -1, 2)
+
+
+def load_dataset(directory=".", mmap: bool = True) -> Dataset:
+    """Load ``X_data.npy`` and ``Y_data.npz`` from ``directory`` with clear errors."""
+    directory = Path(directory)
+    xp, yp = directory / X_FILE, directory / Y_FILE
+    for p in (xp, yp):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p} not found. Run `python preprocess_vis.py --out-dir {directory}` first."
+            )
+    try:
+        x = np.load(xp, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{xp} is not a valid .npy file ({e}). Re-run preprocess_vis.py.") from e
+    y = load_npz(yp, mmap=mmap)
+    missing = [k for k in ("coords", "visible", "stems", "orig_sizes", "affine", "config") if k not in y]
+    if missing:
+        raise ValueError(f"{yp} lacks keys {missing}; it was not written by this version of preprocess_vis.py.")
+    n = x.shape[0]
+    if x.ndim != 4 or x.shape[-1] != 3 or y["coords"].shape[0] != n:
+        raise ValueError(
+            f"{xp} has shape {x.shape} but {yp} holds {y['coords'].shape[0]} samples; "
+            "the two files come from different runs. Re-run preprocess_vis.py."
+        )
+    k = y["visible"].shape[1]
+    return Dataset(
+        x=x,
+        coords=y["coords"],
+        visible=np.asarray(y["visible"]).astype(bool),
+        heatmaps=y.get("heatmaps"),
+        keypoints_px=y.get("keypoints_px", np.full((n, k, 2), np.nan)),
+        stems=np.asarray(y["stems"]).astype(str),
+        orig_sizes=np.asarray(y["orig_sizes"]),
+        affine=np.asarray(y["affine"]),
+        config=json.loads(str(y["config"])),
+        edges=np.asarray(y.get("edges", np.zeros((0, 2), np.int32))),
+    )

@@ -1,0 +1,131 @@
+"""The heatmap codec: Gaussian targets from normalised keypoints, and coordinates back from heatmaps.
+
+Legend: N images, K keypoints, S heatmap side (pixels). Heatmaps are (N, S, S, K), rows = y.
+Keypoints are normalised (x, y) in [0, 1] over the crop (see ``pipeline.geometry``). Heatmap pixel
+(row r, col c) has its centre at normalised ``((c + 0.5) / S, (r + 0.5) / S)``: the same
+corner-origin convention as every other space, so encoding followed by decoding is unbiased.
+
+The same functions build training targets (numpy here, TensorFlow in ``render_tf``) and decode
+predictions, so the conventions cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pixel_centres(size: int) -> np.ndarray:
+    """Normalised centres of ``size`` heatmap pixels, (S,) float64."""
+    return (np.arange(size, dtype=np.float64) + 0.5) / size
+
+
+def render(xy, visible, size: int, sigma: float, dtype=np.float32) -> np.ndarray:
+    """Gaussian heatmaps with peak 1 at each visible keypoint; an all-zero map where not visible.
+
+    Args:
+        xy: (..., K, 2) normalised (x, y).
+        visible: (..., K) bool.
+        size: heatmap side S.
+        sigma: Gaussian standard deviation in heatmap pixels.
+    Returns:
+        (..., S, S, K) heatmaps of ``dtype``.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive. Received: sigma={sigma}")
+    xy = np.asarray(xy, dtype=np.float64)
+    vis = np.asarray(visible, dtype=bool)
+    c = pixel_centres(size) * size  # heatmap-pixel centres
+    px = np.where(vis, xy[..., 0], 0.0) * size
+    py = np.where(vis, xy[..., 1], 0.0) * size
+    gx = np.exp(-((c - px[..., None]) ** 2) / (2 * sigma**2))  # (..., K, S)
+    gy = np.exp(-((c - py[..., None]) ** 2) / (2 * sigma**2))
+    gx = gx * vis[..., None]
+    maps = gy[..., :, None] * gx[..., None, :]  # (..., K, S_y, S_x)
+    return np.moveaxis(maps, -3, -1).astype(dtype)
+
+
+def render_tf(xy, visible, size: int, sigma: float):
+    """TensorFlow twin of :func:`render` for on-the-fly targets inside ``tf.data``.
+
+    Args:
+        xy: (..., K, 2) float normalised coordinates; visible: (..., K) bool or 0/1.
+    Returns:
+        (..., S, S, K) float32.
+    """
+    import tensorflow as tf
+
+    xy = tf.cast(xy, tf.float32)
+    vis = tf.cast(visible, tf.float32)
+    c = (tf.range(size, dtype=tf.float32) + 0.5)
+    px = xy[..., 0] * size * vis
+    py = xy[..., 1] * size * vis
+    inv = 1.0 / (2.0 * sigma * sigma)
+    gx = tf.exp(-tf.square(c - px[..., None]) * inv) * vis[..., None]  # (..., K, S)
+    gy = tf.exp(-tf.square(c - py[..., None]) * inv)
+    maps = gy[..., :, None] * gx[..., None, :]  # (..., K, Sy, Sx)
+    rank = len(maps.shape)
+    perm = list(range(rank - 3)) + [rank - 2, rank - 1, rank - 3]
+    return tf.transpose(maps, perm)
+
+
+def soft_argmax(heatmaps, beta: float) -> np.ndarray:
+    """Reference soft-argmax: (..., S, S, K) -> (..., K, 2) normalised (x, y).
+
+    ``p = softmax(beta * h)`` over the S x S pixels, then the expected pixel centre.
+    """
+    h = np.asarray(heatmaps, dtype=np.float64)
+    s = h.shape[-2]
+    z = beta * h
+    z = z - z.max(axis=(-3, -2), keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=(-3, -2), keepdims=True)
+    c = pixel_centres(s)
+    x = np.einsum("...yxk,x->...k", p, c)
+    y = np.einsum("...yxk,y->...k", p, c)
+    return np.stack([x, y], axis=-1)
+
+
+def decode_peak(heatmaps, refine: bool = True, eps: float = 1e-10):
+    """Arg-max decoding with sub-pixel refinement by a quadratic fit to the log-heatmap.
+
+    A Gaussian is exactly a quadratic in log space, so one Newton step from the arg-max pixel
+    (gradient and Hessian from central differences, as in DARK) recovers its centre. The step is
+    skipped where the Hessian is not negative definite and clipped to one pixel.
+
+    Args:
+        heatmaps: (..., S, S, K).
+    Returns:
+        xy: (..., K, 2) normalised (x, y); confidence: (..., K) peak heatmap value.
+    """
+    h = np.asarray(heatmaps, dtype=np.float64)
+    lead = h.shape[:-3]
+    s, k = h.shape[-2], h.shape[-1]
+    h = h.reshape((-1, s, s, k))
+    flat = h.transpose(0, 3, 1, 2).reshape(h.shape[0], k, s * s)  # (M, K, S*S)
+    idx = flat.argmax(axis=-1)
+    conf = np.take_along_axis(flat, idx[..., None], -1)[..., 0]
+    r, c = np.divmod(idx, s)
+    dx = np.zeros(r.shape)
+    dy = np.zeros(r.shape)
+    if refine and s >= 3:
+        logm = np.log(np.maximum(flat, eps)).reshape(h.shape[0], k, s, s)
+        rr, cc = np.clip(r, 1, s - 2), np.clip(c, 1, s - 2)
+        m_i, k_i = np.indices(r.shape)
+
+        def at(dr, dc):
+            return logm[m_i, k_i, rr + dr, cc + dc]
+
+        l0 = at(0, 0)
+        gx = 0.5 * (at(0, 1) - at(0, -1))
+        gy = 0.5 * (at(1, 0) - at(-1, 0))
+        hxx = at(0, 1) - 2 * l0 + at(0, -1)
+        hyy = at(1, 0) - 2 * l0 + at(-1, 0)
+        hxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+        det = hxx * hyy - hxy * hxy
+        ok = (hxx < 0) & (det > 0) & (r == rr) & (c == cc)
+        safe = np.where(ok, det, 1.0)
+        dx = np.where(ok, -(hyy * gx - hxy * gy) / safe, 0.0)
+        dy = np.where(ok, -(hxx * gy - hxy * gx) / safe, 0.0)
+        dx, dy = np.clip(dx, -1.0, 1.0), np.clip(dy, -1.0, 1.0)
+    xy = np.stack([(c + 0.5 + dx) / s, (r + 0.5 + dy) / s], axis=-1)
+    return xy.reshape(lead + (k, 2)), conf.reshape(lead + (k,))
