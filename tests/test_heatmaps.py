@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from pipeline import heatmaps as hm
+
+
+def _points(rng, n, margin):
+    return rng.uniform(margin, 1 - margin, (n, 2))
+
+
+def test_render_peak_and_zero_maps():
+    xy = np.array([[0.5, 0.25], [0.1, 0.9], [0.3, 0.3]])
+    vis = np.array([True, True, False])
+    h = hm.render(xy, vis, 64, 2.0)
+    assert h.shape == (64, 64, 3) and h.dtype == np.float32
+    assert h[..., 2].max() == 0.0
+    # keypoint 0 sits exactly between pixels 31 and 32 in x (x = 32.0 heatmap px), on row 15/16 in y
+    g = np.exp(-(0.5**2 + 0.5**2) / 8)
+    assert h[15, 31, 0] == pytest.approx(g, rel=1e-6) and h[16, 32, 0] == pytest.approx(g, rel=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0, 3.0])
+def test_peak_decoding_recovers_encoded_point(sigma):
+    rng = np.random.default_rng(0)
+    xy = _points(rng, 200, 0.1)
+    h = hm.render(xy[:, None], np.ones((200, 1), bool), 64, sigma)
+    dec, conf = hm.decode_peak(h)
+    err_px = np.abs(dec[:, 0] - xy) * 64
+    assert err_px.max() < 0.05
+    assert conf.min() > 0.75  # worst case: half a pixel off in x and y
+
+
+def test_soft_argmax_beta15_recovers_encoded_point():
+    rng = np.random.default_rng(1)
+    xy = _points(rng, 200, 0.15)
+    h = hm.render(xy[:, None], np.ones((200, 1), bool), 64, 2.0)
+    dec = hm.soft_argmax(h, beta=15.0)
+    assert (np.abs(dec[:, 0] - xy) * 64).max() < 0.05
+
+
+def test_render_tf_matches_numpy():
+    rng = np.random.default_rng(2)
+    xy = rng.uniform(0, 1, (4, 6, 2))
+    vis = rng.uniform(size=(4, 6)) > 0.3
+    a = hm.render(xy, vis, 32, 1.5)
+    b = hm.render_tf(xy, vis, 32, 1.5).numpy()
+    assert b.shape == a.shape
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_peak_refinement_beats_plain_argmax():
+    rng = np.random.default_rng(3)
+    xy = _points(rng, 100, 0.1)
+    h = hm.render(xy[:, None], np.ones((100, 1), bool), 64, 2.0)
+    plain, _ = hm.decode_peak(h, refine=False)
+    refined, _ = hm.decode_peak(h)
+    assert np.abs(refined - xy[:, None]).mean() < 0.05 * np.abs(plain - xy[:, None]).mean()
+
+
+def test_invalid_sigma():
+    with pytest.raises(ValueError, match="sigma"):
+        hm.render(np.zeros((1, 2)), np.ones(1, bool), 8, 0.0)
