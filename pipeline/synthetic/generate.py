@@ -1,0 +1,139 @@
+"""Dataset writer (4SP layout) and command-line interface.
+
+DATA_ROOT/Rendered_Images/<stem>.png, DATA_ROOT/JSON_Data_REF/<stem>.json,
+DATA_ROOT/Object_Information/mesh_information.json; stems img_000000, ...
+Image i is rendered from its own RNG seeded with (seed, i), so output does not
+depend on the number of workers. Every file is written to <name>.tmp first and
+then moved into place with os.replace.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from PIL import Image
+from tqdm import tqdm
+
+from .backgrounds import KINDS
+from .meshes import Mesh, MeshError, load_mesh
+from .render import render_sample
+from .shading import FaceFrames
+
+IMAGES_DIR, JSON_DIR, INFO_DIR = "Rendered_Images", "JSON_Data_REF", "Object_Information"
+MESH_FILE = "mesh_information.json"
+PNG_LEVEL = 1  # zlib level: noisy renders barely compress, so favour speed
+
+
+def stem_for(index: int) -> str:
+    return f"img_{index:06d}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to <path>.tmp, then os.replace it onto path."""
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode("utf-8"))
+
+
+_STATE: dict = {}
+
+
+def _init_worker(mesh: Mesh, out_dir: str, seed: int, width: int, height: int, background: str):
+    _STATE.update(mesh=mesh, out=Path(out_dir), seed=seed, width=width, height=height,
+                  background=background, frames=FaceFrames(mesh))
+
+
+def _render_one(index: int) -> int:
+    s = _STATE
+    img, ann, _ = render_sample(s["mesh"], index, s["seed"], s["width"], s["height"],
+                                s["background"], frames=s["frames"])
+    stem = stem_for(index)
+    ann["image"] = f"{stem}.png"
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=PNG_LEVEL)
+    atomic_write_bytes(s["out"] / IMAGES_DIR / f"{stem}.png", buf.getvalue())
+    atomic_write_json(s["out"] / JSON_DIR / f"{stem}.json", ann)
+    return index
+
+
+def generate_dataset(out_dir: Union[str, Path], count: int, seed: int = 0,
+                     mesh: Union[str, Path, Mesh] = "spacecraft", width: int = 1920,
+                     height: int = 1080, workers: Optional[int] = None,
+                     background: str = "mixed", progress: bool = True) -> Path:
+    """Render `count` annotated images into out_dir (4SP layout); returns out_dir as a Path.
+
+    mesh: 'spacecraft', 'cuboid', a .json / .obj path, or a Mesh. workers: process
+    count (default os.cpu_count(); 1 = in-process). background: mixed|black|stars|earth.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    if int(width) < 16 or int(height) < 16:
+        raise ValueError(f"image size must be at least 16x16, got {width}x{height}")
+    if background != "mixed" and background not in KINDS:
+        raise ValueError(f"unknown background {background!r}; choose mixed, {', '.join(KINDS)}")
+    workers = os.cpu_count() or 1 if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    mesh_obj = load_mesh(mesh)
+    out = Path(out_dir)
+    for sub in (IMAGES_DIR, JSON_DIR, INFO_DIR):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / INFO_DIR / MESH_FILE, mesh_obj.info())
+    args = (mesh_obj, str(out), int(seed), int(width), int(height), background)
+    workers = min(workers, count)
+    bar = tqdm(total=count, desc="rendering", unit="img", disable=not progress)
+    try:
+        if workers == 1:
+            _init_worker(*args)
+            for i in range(count):
+                _render_one(i)
+                bar.update()
+        else:
+            ctx = mp.get_context("spawn")  # safe even if the caller imported TensorFlow
+            with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
+                for _ in pool.imap_unordered(_render_one, range(count), chunksize=1):
+                    bar.update()
+    finally:
+        bar.close()
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.synthetic",
+                                description="Render a synthetic keypoint dataset in the 4SP layout.")
+    p.add_argument("--out", required=True, help="output DATA_ROOT directory")
+    p.add_argument("--count", type=int, required=True, help="number of images (> 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mesh", default="spacecraft", help="spacecraft | cuboid | PATH.json | PATH.obj")
+    p.add_argument("--width", type=int, default=1920)
+    p.add_argument("--height", type=int, default=1080)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
+    p.add_argument("--background", default="mixed", choices=("mixed",) + KINDS)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        out = generate_dataset(args.out, args.count, args.seed, args.mesh, args.width,
+                               args.height, args.workers, args.background, not args.no_progress)
+    except (MeshError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    dt = time.perf_counter() - t0
+    print(f"wrote {args.count} images to {out} in {dt:.1f} s ({args.count / dt:.2f} img/s)")
+    return 0
