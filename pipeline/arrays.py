@@ -18,6 +18,65 @@ import numpy as np
 
 X_FILE = "X_data.npy"
 Y_FILE = "Y_data.npz"
+INDEX_FILE = "data_index.json"  # written instead of X/Y when preprocessing into shards
+
+
+def shard_names(i: int, n: int) -> tuple[str, str]:
+    """File names of shard ``i`` of ``n``: (X file, Y file)."""
+    return f"X_data-{i:05d}-of-{n:05d}.npy", f"Y_data-{i:05d}-of-{n:05d}.npz"
+
+
+class ConcatArray:
+    """Read-only row-wise concatenation of arrays (memory-mapped shards) without copying them.
+
+    Supports what the pipeline needs of an array: ``shape``, ``dtype``, ``len``, integer and
+    slice indexing, and fancy indexing with an integer array (``x[np.sort(idx)]`` gathers from
+    each shard in turn).
+    """
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        if not self.parts:
+            raise ValueError("ConcatArray needs at least one part.")
+        tail = self.parts[0].shape[1:]
+        if any(p.shape[1:] != tail or p.dtype != self.parts[0].dtype for p in self.parts):
+            raise ValueError("Shards disagree in sample shape or dtype; re-run preprocess_vis.py.")
+        self.bounds = np.cumsum([0] + [p.shape[0] for p in self.parts])
+        self.shape = (int(self.bounds[-1]),) + tuple(tail)
+        self.dtype = self.parts[0].dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate([np.asarray(p) for p in self.parts])
+        return out.astype(dtype) if dtype is not None else out
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            rows, rest = key[0], key[1:]
+            return self[rows][(slice(None),) + rest] if not np.isscalar(rows) else self[rows][rest]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {key} out of range for {len(self)} samples")
+            s = int(np.searchsorted(self.bounds, i, side="right")) - 1
+            return self.parts[s][i - self.bounds[s]]
+        if isinstance(key, slice):
+            key = np.arange(len(self))[key]
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        idx = np.where(idx < 0, idx + len(self), idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} samples")
+        shard = np.searchsorted(self.bounds, idx, side="right") - 1
+        out = np.empty((idx.size,) + self.shape[1:], dtype=self.dtype)
+        for s in np.unique(shard):
+            m = shard == s
+            out[m] = self.parts[s][idx[m] - self.bounds[s]]
+        return out
 
 
 @contextlib.contextmanager
@@ -142,10 +201,52 @@ class Dataset:
         return np.asarray(self.coords).reshape(len(self), -1, 2)
 
 
-def load_dataset(directory=".", mmap: bool = True) -> Dataset:
-    """Load ``X_data.npy`` and ``Y_data.npz`` from ``directory`` with clear errors."""
+def load_dataset(directory=".", mmap: bool = True, shards=None) -> Dataset:
+    """Load the preprocessed arrays of ``directory`` with clear errors.
+
+    Reads ``X_data.npy`` + ``Y_data.npz``, or, where preprocessing wrote shards, the shards that
+    ``data_index.json`` lists (all of them, or only the indices in ``shards``), memory-mapped and
+    concatenated without copying.
+    """
     directory = Path(directory)
-    xp, yp = directory / X_FILE, directory / Y_FILE
+    index = directory / INDEX_FILE
+    if index.is_file() and not (directory / X_FILE).is_file():
+        meta = json.loads(index.read_text())
+        n = int(meta["num_shards"])
+        chosen = range(n) if shards is None else list(shards)
+        bad = [i for i in chosen if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"{index} lists {n} shards; shard indices {bad} do not exist.")
+        parts = [_load_pair(directory / a, directory / b, mmap) for a, b in (shard_names(i, n) for i in chosen)]
+        return _concat(parts)
+    if shards is not None:
+        raise ValueError(f"{directory} holds unsharded arrays; re-run preprocess_vis.py with --shards N.")
+    return _load_pair(directory / X_FILE, directory / Y_FILE, mmap)
+
+
+def _concat(parts: list) -> Dataset:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if any(p.num_keypoints != first.num_keypoints for p in parts):
+        raise ValueError("Shards disagree in the number of keypoints; re-run preprocess_vis.py.")
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return Dataset(
+        x=ConcatArray([p.x for p in parts]),
+        coords=cat("coords"),
+        visible=cat("visible"),
+        heatmaps=ConcatArray([p.heatmaps for p in parts]) if all(p.heatmaps is not None for p in parts) else None,
+        keypoints_px=cat("keypoints_px"),
+        stems=cat("stems"),
+        orig_sizes=cat("orig_sizes"),
+        affine=cat("affine"),
+        config=first.config,
+        edges=first.edges,
+    )
+
+
+def _load_pair(xp: Path, yp: Path, mmap: bool) -> Dataset:
+    directory = xp.parent
     for p in (xp, yp):
         if not p.is_file():
             raise FileNotFoundError(

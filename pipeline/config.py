@@ -39,6 +39,8 @@ class PreprocessConfig:
     heatmap_dtype: str = _help("Storage dtype of heatmaps in Y_data.npz: float16 or float32.", default="float16")
     workers: int = _help("Parallel image decoders (0: one per CPU core).", default=0)
     limit: int = _help("Use only the first N annotated images (0: all).", default=0)
+    shards: int = _help("Write N shard files plus data_index.json instead of one X/Y pair (0: unsharded).",
+                        default=0)
     skip_invalid: bool = _help("Skip bad images/annotations and list them, instead of stopping.", default=False)
     sanity_grid: str = _help("Write a PNG grid of samples with keypoints and heatmaps here ('' to skip).",
                              default="logs/preprocess_sanity.png")

@@ -26,7 +26,7 @@ from pipeline.annotations import (
     pair_dataset,
     parse_annotation,
 )
-from pipeline.arrays import X_FILE, Y_FILE, atomic_path, write_npz_stored
+from pipeline.arrays import INDEX_FILE, X_FILE, Y_FILE, atomic_path, shard_names, write_npz_stored
 from pipeline.config import PreprocessConfig, to_dict
 from pipeline.geometry import Geometry
 from pipeline.images import ImageError, load_model_input
@@ -144,72 +144,130 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessReport
         raise PreprocessError(_bad_message(bad))
 
     n = len(pairs)
-    s, hs = geometry.input_size, geometry.heatmap_size
     out_dir.mkdir(parents=True, exist_ok=True)
-    workers = cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
-    hm_dtype = np.dtype(cfg.heatmap_dtype)
-    h_tmp = out_dir / f".heatmaps.{os.getpid()}.tmp.npy"  # scratch, streamed into Y_data.npz
-    with atomic_path(out_dir / X_FILE) as x_tmp, atomic_path(out_dir / Y_FILE) as y_tmp, _scratch(h_tmp):
-        x_all = np.lib.format.open_memmap(x_tmp, mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
-        sizes, img_errors = _decode_images([p[1] for p in pairs], geometry, workers, x_all, progress)
-        bad += [(str(pairs[i][1]), e) for i, e in sorted(img_errors.items())]
-        if bad and not cfg.skip_invalid:
-            raise PreprocessError(_bad_message(bad))
-        keep = np.array([a is not None and i not in img_errors for i, a in enumerate(anns)])
-        if not keep.any():
+    part = _Part(
+        geometry=geometry,
+        cfg=cfg,
+        k=k,
+        workers=cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1),
+        progress=progress,
+        edges=mesh.edges,
+        config=to_dict(cfg) | {"num_keypoints": k, "mesh_path": str(mesh_path), "mesh_name": mesh.name},
+    )
+    shards = max(1, cfg.shards)
+    if shards > n:
+        raise PreprocessError(f"--shards {shards} is more than the {n} samples; use at most {n}.")
+    names = [shard_names(i, shards) for i in range(shards)] if cfg.shards > 0 else [(X_FILE, Y_FILE)]
+    bounds = np.linspace(0, n, len(names) + 1).round().astype(int)
+    counts = []
+    with contextlib.ExitStack() as stack:  # every file is renamed into place only if all succeed
+        for (x_name, y_name), a, b in zip(names, bounds[:-1], bounds[1:]):
+            x_tmp = stack.enter_context(atomic_path(out_dir / x_name))
+            y_tmp = stack.enter_context(atomic_path(out_dir / y_name))
+            m, part_bad = part.write(pairs[a:b], anns[a:b], x_tmp, y_tmp, bad)
+            bad += part_bad
+            counts.append(m)
+        m = sum(counts)
+        if m == 0:
             raise PreprocessError("Every sample was invalid; nothing written.\n" + _bad_message(bad))
-        idx = np.flatnonzero(keep)
-        m = len(idx)
-        pixels = np.stack([anns[i].pixels for i in idx])  # (M, K, 2) original px
-        vis_ann = np.stack([anns[i].visible for i in idx])
-        sizes = sizes[idx]
-        norm = geometry.to_normalised(pixels, sizes)  # (M, K, 2)
-        visible = vis_ann & geometry.inside(np.nan_to_num(norm, nan=-1.0))
-        coords = np.where(visible[..., None], norm, -1.0).astype(np.float32).reshape(m, 2 * k)
-        keypoints_px = np.where(visible[..., None], pixels, np.nan)
-
-        if m < n:  # compact the valid rows into a fresh file of the right length
-            x_keep = np.lib.format.open_memmap(h_tmp, mode="w+", dtype=np.uint8, shape=(m, s, s, 3))
-            for a in range(0, m, CHUNK):
-                x_keep[a:a + CHUNK] = x_all[idx[a:a + CHUNK]]
-            x_keep.flush()
-            del x_all, x_keep
-            os.replace(h_tmp, x_tmp)
-        else:
-            x_all.flush()
-            del x_all
-
-        heat = np.lib.format.open_memmap(h_tmp, mode="w+", dtype=hm_dtype, shape=(m, hs, hs, k))
-        for a in range(0, m, CHUNK):
-            b = min(a + CHUNK, m)
-            heat[a:b] = heatmaps.render(norm[a:b], visible[a:b], hs, cfg.sigma, dtype=hm_dtype)
-        heat.flush()
-        del heat
-
-        config = to_dict(cfg) | {"num_keypoints": k, "mesh_path": str(mesh_path), "mesh_name": mesh.name}
-        write_npz_stored(
-            y_tmp,
-            {
-                "heatmaps": h_tmp,
-                "coords": coords,
-                "visible": visible,
-                "keypoints_px": keypoints_px,
-                "stems": np.array([pairs[i][0] for i in idx]),
-                "orig_sizes": sizes.astype(np.int32),
-                "affine": geometry.affine(sizes),
-                "edges": mesh.edges,
-                "config": np.array(json.dumps(config)),
-            },
-        )
+        if cfg.shards > 0:
+            index_tmp = stack.enter_context(atomic_path(out_dir / INDEX_FILE))
+            index_tmp.write_text(json.dumps({
+                "num_shards": shards, "samples": m, "num_keypoints": k,
+                "shards": [{"x": x, "y": y, "samples": c} for (x, y), c in zip(names, counts)],
+            }, indent=2))
+    _remove_stale_outputs(out_dir, sharded=cfg.shards > 0, keep=names)
     report.samples = m
     report.skipped = bad
     report.seconds = time.perf_counter() - t0
-    report.x_path, report.y_path = str(out_dir / X_FILE), str(out_dir / Y_FILE)
+    report.x_path, report.y_path = str(out_dir / names[0][0]), str(out_dir / names[0][1])
+    if cfg.shards > 0:
+        report.x_path, report.y_path = str(out_dir / INDEX_FILE), f"{len(names)} shards"
     if cfg.sanity_grid:
         from pipeline.sanity import write_sanity_grid
 
-        write_sanity_grid(report.x_path, report.y_path, cfg.sanity_grid)
+        write_sanity_grid(out_dir, cfg.sanity_grid)
     return report
+
+
+@dataclass
+class _Part:
+    """Writes one X/Y file pair (the whole dataset, or one shard) from (pair, annotation) lists."""
+
+    geometry: Geometry
+    cfg: PreprocessConfig
+    k: int
+    workers: int
+    progress: bool
+    edges: np.ndarray
+    config: dict
+
+    def write(self, pairs, anns, x_tmp: Path, y_tmp: Path, bad_so_far) -> tuple[int, list]:
+        g, k, cfg = self.geometry, self.k, self.cfg
+        n, s, hs = len(pairs), g.input_size, g.heatmap_size
+        hm_dtype = np.dtype(cfg.heatmap_dtype)
+        h_tmp = x_tmp.with_name(x_tmp.name + ".heatmaps.npy")  # scratch, streamed into the npz
+        with _scratch(h_tmp):
+            x_all = np.lib.format.open_memmap(x_tmp, mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
+            sizes, img_errors = _decode_images([p[1] for p in pairs], g, self.workers, x_all, self.progress)
+            bad = [(str(pairs[i][1]), e) for i, e in sorted(img_errors.items())]
+            if (bad or bad_so_far) and not cfg.skip_invalid:
+                raise PreprocessError(_bad_message(bad_so_far + bad))
+            idx = np.array([i for i, a in enumerate(anns) if a is not None and i not in img_errors], dtype=int)
+            m = len(idx)
+            pixels = np.stack([anns[i].pixels for i in idx]) if m else np.zeros((0, k, 2))  # original px
+            vis_ann = np.stack([anns[i].visible for i in idx]) if m else np.zeros((0, k), bool)
+            sizes = sizes[idx]
+            norm = g.to_normalised(pixels, sizes) if m else pixels  # (M, K, 2)
+            visible = vis_ann & g.inside(np.nan_to_num(norm, nan=-1.0))
+            coords = np.where(visible[..., None], norm, -1.0).astype(np.float32).reshape(m, 2 * k)
+            keypoints_px = np.where(visible[..., None], pixels, np.nan)
+
+            if m < n:  # compact the valid rows into a fresh file of the right length
+                x_keep = np.lib.format.open_memmap(h_tmp, mode="w+", dtype=np.uint8, shape=(m, s, s, 3))
+                for a in range(0, m, CHUNK):
+                    x_keep[a:a + CHUNK] = x_all[idx[a:a + CHUNK]]
+                x_keep.flush()
+                del x_all, x_keep
+                os.replace(h_tmp, x_tmp)
+            else:
+                x_all.flush()
+                del x_all
+
+            heat = np.lib.format.open_memmap(h_tmp, mode="w+", dtype=hm_dtype, shape=(m, hs, hs, k))
+            for a in range(0, m, CHUNK):
+                b = min(a + CHUNK, m)
+                heat[a:b] = heatmaps.render(norm[a:b], visible[a:b], hs, cfg.sigma, dtype=hm_dtype)
+            heat.flush()
+            del heat
+            write_npz_stored(
+                y_tmp,
+                {
+                    "heatmaps": h_tmp,
+                    "coords": coords,
+                    "visible": visible,
+                    "keypoints_px": keypoints_px,
+                    "stems": np.array([pairs[i][0] for i in idx], dtype=str),
+                    "orig_sizes": sizes.astype(np.int32).reshape(m, 2),
+                    "affine": g.affine(sizes).reshape(m, 4) if m else np.zeros((0, 4)),
+                    "edges": self.edges,
+                    "config": np.array(json.dumps(self.config)),
+                },
+            )
+        return m, bad
+
+
+def _remove_stale_outputs(out_dir: Path, sharded: bool, keep) -> None:
+    """Delete outputs of an earlier run in the other layout, so the two never mix."""
+    keep = {name for pair in keep for name in pair}
+    stale = list(out_dir.glob("X_data-*-of-*.npy")) + list(out_dir.glob("Y_data-*-of-*.npz"))
+    if sharded:
+        stale += [out_dir / X_FILE, out_dir / Y_FILE]
+    else:
+        stale.append(out_dir / INDEX_FILE)
+    for p in stale:
+        if p.name not in keep:
+            p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -9,14 +9,14 @@ import numpy as np
 from pipeline.arrays import atomic_path, load_dataset
 
 
-def write_sanity_grid(x_path, y_path, out_png, count: int = 8) -> Path:
+def write_sanity_grid(array_dir, out_png, count: int = 8) -> Path:
     """Draw ``count`` evenly spaced samples: image + visible keypoints (top), max heatmap (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = load_dataset(Path(x_path).parent)
+    data = load_dataset(array_dir)
     n = len(data)
     idx = np.linspace(0, n - 1, min(count, n)).astype(int)
     s = data.x.shape[1]

@@ -185,3 +185,25 @@ def test_parallel_workers_give_identical_arrays(dataset, tmp_path):
                          "--quiet", "--sanity-grid", ""])
     a, b = load_dataset(tmp_path / "a"), load_dataset(tmp_path / "b")
     assert np.array_equal(a.x, b.x) and np.array_equal(a.coords, b.coords)
+
+
+def test_shards_concatenated_equal_unsharded(dataset, tmp_path):
+    run(dataset, tmp_path / "one")
+    run(dataset, tmp_path / "sh", "--shards", "3")
+    out = tmp_path / "sh"
+    assert (out / "data_index.json").is_file() and not (out / "X_data.npy").exists()
+    assert len(list(out.glob("X_data-*-of-00003.npy"))) == 3
+    a, b = load_dataset(tmp_path / "one"), load_dataset(out)
+    assert len(b) == 6 and b.x.shape == a.x.shape
+    np.testing.assert_array_equal(np.asarray(b.x), a.x)
+    np.testing.assert_array_equal(b.x[np.array([5, 0, 3])], a.x[[5, 0, 3]])
+    np.testing.assert_array_equal(np.asarray(b.heatmaps), a.heatmaps)
+    for name in ("coords", "visible", "stems", "orig_sizes", "affine"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name))
+    # a worker reads only its own shards
+    part = load_dataset(out, shards=[1])
+    np.testing.assert_array_equal(np.asarray(part.x), a.x[2:4])
+    # rewriting unsharded into the same folder removes the shards
+    run(dataset, out)
+    assert not list(out.glob("*-of-*")) and not (out / "data_index.json").exists()
+    assert len(load_dataset(out)) == 6
