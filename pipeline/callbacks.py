@@ -1,0 +1,126 @@
+"""Training callbacks: best-model checkpoint with sidecar, TensorBoard heatmap grids, throughput."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipeline import model_io
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save the model (via ``model_io``, with sidecar) whenever ``monitor`` improves.
+
+    The best value is stored in the sidecar, so a resumed run only overwrites a better model.
+    """
+
+    def __init__(self, path, meta: dict, monitor: str = "val_loss"):
+        super().__init__()
+        self.path, self.meta, self.monitor = Path(path), meta, monitor
+        self.best = math.inf
+
+    def on_train_begin(self, logs=None):
+        prev = model_io.load_meta(self.path).get("best", {}) if self.path.is_file() else {}
+        if prev.get("monitor") == self.monitor and prev.get("value") is not None:
+            self.best = min(self.best, float(prev["value"]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value) or value >= self.best:
+            return
+        self.best = float(value)
+        best = {"monitor": self.monitor, "value": self.best, "epoch": epoch + 1,
+                **{k: float(v) for k, v in (logs or {}).items() if "px_error" in k}}
+        model_io.save_model(self.model, self.path, {**self.meta, "best": best})
+
+
+class HeatmapImages(keras.callbacks.Callback):
+    """Every ``every`` epochs, log a grid of fixed validation images next to their predicted heatmaps
+    (max over keypoints, predicted coords drawn as dots) with ``tf.summary.image``."""
+
+    def __init__(self, log_dir, images: np.ndarray, every: int = 5):
+        super().__init__()
+        self.log_dir, self.images, self.every = str(log_dir), np.asarray(images, np.float32), int(every)
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every <= 0 or (epoch + 1) % self.every:
+            return
+        import tensorflow as tf
+
+        out = self.model.predict(self.images, verbose=0, batch_size=len(self.images))
+        grid = heatmap_grid(self.images, np.asarray(out["heatmaps"]), np.asarray(out["coords"]))
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default():
+            tf.summary.image("val_heatmaps", grid[None], step=epoch + 1)
+        self._writer.flush()
+
+
+def heatmap_grid(images, heatmaps, coords) -> np.ndarray:
+    """Rows of [image with predicted keypoints | max-over-K heatmap], (H_total, 2S, 3) float in [0, 1].
+
+    Args:
+        images: (N, S, S, 3) RGB 0..255; heatmaps: (N, S/2, S/2, K); coords: (N, 2K) normalised.
+    """
+    n, s = images.shape[0], images.shape[1]
+    rows = []
+    for i in range(n):
+        img = np.clip(images[i] / 255.0, 0, 1).copy()
+        hm = heatmaps[i].max(axis=-1)
+        rep = s // hm.shape[0]
+        hm = np.repeat(np.repeat(hm, rep, 0), rep, 1)
+        hm_rgb = np.stack([hm, hm * 0.6, 1 - hm], -1)
+        for x, y in coords[i].reshape(-1, 2) * s:
+            c, r = int(np.clip(x, 0, s - 1)), int(np.clip(y, 0, s - 1))
+            img[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = (1.0, 0.0, 0.0)
+        rows.append(np.concatenate([img, hm_rgb], axis=1))
+    return np.concatenate(rows, axis=0).astype(np.float32)
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training images per second, counting only the training part of each epoch."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.images = 0
+        self.seconds = 0.0
+        self._t = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.images += self.batch_size
+
+    def _stop(self):
+        if self._t is not None:
+            self.seconds += time.perf_counter() - self._t
+            self._t = None
+
+    def on_test_begin(self, logs=None):
+        self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._stop()
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Raise after epoch ``epoch`` (0-based) finished: simulates an interrupted run in tests."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"StopAfterEpoch: interrupted after epoch {epoch}")

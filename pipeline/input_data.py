@@ -1,0 +1,100 @@
+"""tf.data input pipeline from memory-mapped preprocessed arrays.
+
+Only index vectors live in the graph: each batch of indices is gathered from the ``X_data.npy`` /
+``Y_data.npz`` memmaps by ``tf.numpy_function`` (sorted indices -> sequential reads), so memory does
+not grow with the dataset. Heatmap targets are rendered on the fly from the coordinates with
+``pipeline.heatmaps.render_tf`` (the codec used everywhere) unless stored heatmaps are requested.
+
+Batches: x (B, S, S, 3) float32 RGB 0..255; targets dict ``heatmaps`` (B, S/2, S/2, K) float32 and
+``coords`` (B, 2K) float32 normalised, -1 where not visible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.arrays import Dataset
+from pipeline.augment import AugmentConfig, augment_batch
+from pipeline.heatmaps import render_tf
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic seeded split of ``range(n)`` into sorted (train, val) index arrays."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_split must be in [0, 1). Received: val_split={val_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n_val == 0 and n > 1:
+        n_val = 1
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def check_dataset(ds: Dataset, sample: int = 256) -> None:
+    """Fail early on inconsistent shapes or NaN values (checks a sample of the images)."""
+    n, k = len(ds), ds.num_keypoints
+    if ds.coords.shape != (n, 2 * k):
+        raise ValueError(f"coords has shape {ds.coords.shape}; expected ({n}, {2 * k}) for K={k} keypoints.")
+    if ds.x.shape[1] != ds.x.shape[2]:
+        raise ValueError(f"X_data images must be square. Received shape {ds.x.shape}.")
+    if ds.heatmaps is not None and ds.heatmaps.shape[-1] != k:
+        raise ValueError(f"heatmaps have {ds.heatmaps.shape[-1]} channels but there are K={k} keypoints.")
+    coords = np.asarray(ds.coords)
+    if not np.isfinite(coords).all():
+        raise ValueError(f"coords hold {int((~np.isfinite(coords)).sum())} NaN/inf values; re-run preprocess_vis.py.")
+    if np.issubdtype(ds.x.dtype, np.floating):
+        idx = np.linspace(0, n - 1, min(n, sample)).astype(int)
+        if not np.isfinite(np.asarray(ds.x[idx])).all():
+            raise ValueError("X_data holds NaN/inf pixel values; re-run preprocess_vis.py.")
+
+
+def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bool, *, sigma: float,
+                 heat_size: int, augment: AugmentConfig | None = None, stored_heatmaps: bool = False,
+                 seed: int = 0, drop_remainder: bool | None = None) -> tf.data.Dataset:
+    """Batched tf.data pipeline over ``indices`` of ``ds``.
+
+    Training batches are reshuffled every epoch (seeded) and augmented; validation batches are in
+    index order and not augmented.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) == 0:
+        raise ValueError("make_dataset got no samples.")
+    if stored_heatmaps and ds.heatmaps is None:
+        raise ValueError("--heatmap-source stored, but Y_data.npz holds no heatmaps. Use --heatmap-source render.")
+    drop = training if drop_remainder is None else drop_remainder
+    if drop and batch_size > len(indices):
+        raise ValueError(f"batch_size={batch_size} is larger than the {len(indices)} training samples. "
+                         "Lower --batch-size or add data.")
+    k, s = ds.num_keypoints, ds.x.shape[1]
+    x_mm, c_mm, v_mm, h_mm = ds.x, ds.coords, ds.visible, ds.heatmaps
+
+    def gather(idx):
+        idx = np.sort(idx)
+        out = [np.asarray(x_mm[idx]), np.asarray(c_mm[idx], np.float32), np.asarray(v_mm[idx], bool)]
+        if stored_heatmaps:
+            out.append(np.asarray(h_mm[idx], np.float32))
+        return tuple(out)
+
+    def load(idx):
+        types = [tf.as_dtype(x_mm.dtype), tf.float32, tf.bool] + ([tf.float32] if stored_heatmaps else [])
+        parts = tf.numpy_function(gather, [idx], types, stateful=False)
+        x, coords, vis = parts[0], parts[1], parts[2]
+        x = tf.ensure_shape(tf.cast(x, tf.float32), [None, s, s, 3])
+        coords = tf.ensure_shape(coords, [None, 2 * k])
+        vis = tf.ensure_shape(vis, [None, k])
+        if stored_heatmaps:
+            hm = tf.ensure_shape(parts[3], [None, heat_size, heat_size, k])
+        else:
+            hm = render_tf(tf.reshape(coords, [-1, k, 2]), vis, heat_size, sigma)
+        return x, {"heatmaps": hm, "coords": coords}
+
+    data = tf.data.Dataset.from_tensor_slices(indices)
+    if training:
+        data = data.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+    data = data.batch(batch_size, drop_remainder=drop)
+    data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    if training and augment is not None:
+        data = data.map(lambda x, y: (augment_batch(x, augment), y), num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    return data.with_options(options).prefetch(tf.data.AUTOTUNE)

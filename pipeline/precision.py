@@ -1,0 +1,62 @@
+"""Choosing the numeric precision policy (float32, mixed bfloat16 or mixed float16).
+
+``auto`` picks mixed_bfloat16 on CPUs advertising AMX or AVX-512 bf16 (``amx_bf16`` / ``avx512_bf16``
+in /proc/cpuinfo), mixed_float16 on CUDA GPUs with compute capability >= 7, and float32 otherwise.
+Heads, SoftArgMax and losses are float32 regardless (their layers pin ``dtype="float32"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The bf16-related CPU flags present (empty when unknown)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return sorted(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def _cuda_capability() -> tuple[int, int] | None:
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        cc = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if cc:
+            return tuple(cc)
+    return None
+
+
+def resolve_precision(choice: str = "auto") -> tuple[str, str]:
+    """Return (policy name, reason)."""
+    if choice not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={choice!r}")
+    if choice != "auto":
+        return choice, "requested"
+    cc = _cuda_capability()
+    if cc is not None:
+        if cc >= (7, 0):
+            return "mixed_float16", f"CUDA GPU with compute capability {cc[0]}.{cc[1]}"
+        return "float32", f"CUDA GPU with compute capability {cc[0]}.{cc[1]} (< 7.0)"
+    flags = cpu_bf16_flags()
+    if flags:
+        return "mixed_bfloat16", f"CPU has {', '.join(flags)}"
+    return "float32", "no GPU and no amx_bf16/avx512_bf16 CPU flags"
+
+
+def apply_precision(choice: str = "auto") -> tuple[str, str]:
+    """Resolve and set the global Keras dtype policy; returns (policy name, reason)."""
+    import keras
+
+    policy, reason = resolve_precision(choice)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy, reason

@@ -1,0 +1,199 @@
+"""Training of the visible-keypoint model (``train_vis.py`` calls :func:`train`).
+
+Phase 1 trains the decoder and heads with the backbone frozen (BatchNorm in inference mode) when
+the backbone is pretrained, or the whole network when it is not. Phase 2 (``--fine-tune``)
+unfreezes everything and continues the epoch count at a small learning rate. Each phase resumes
+from ``logs/<run>/backup`` after an interruption when rerun with the same ``--run-name``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import datetime
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipeline import model_io
+from pipeline.arrays import load_dataset, write_json
+from pipeline.callbacks import BestModelCheckpoint, HeatmapImages, Throughput
+from pipeline.input_data import check_dataset, make_dataset, split_indices
+from pipeline.losses import FocalHeatmapLoss, MaskedL1Loss, PixelError
+from pipeline.model import ModelConfig, build_model, check_heatmap_size, resolve_weights, set_backbone_trainable
+from pipeline.precision import apply_precision
+from pipeline.training_config import TrainConfig
+
+
+def compile_model(model, learning_rate: float, img_size: int, lambda_coords: float = 5.0,
+                  alpha: float = 0.25, gamma: float = 2.0, jit: bool = False) -> None:
+    """Adam + focal heatmap loss + lambda * masked L1 coords loss; metric ``coords_px_error``."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss={"heatmaps": FocalHeatmapLoss(alpha, gamma), "coords": MaskedL1Loss()},
+        loss_weights={"heatmaps": 1.0, "coords": lambda_coords},
+        metrics={"coords": [PixelError(img_size)]},
+        jit_compile=jit,
+    )
+
+
+def _log(msg: str) -> None:
+    print(f"[train] {msg}", flush=True)
+
+
+def _build(mcfg: ModelConfig, weights: str):
+    weights_arg, note = resolve_weights(mcfg, weights)
+    try:
+        model = build_model(mcfg, weights_arg)
+    except Exception as e:  # noqa: BLE001 - a failed download under --weights auto falls back
+        if weights != "auto" or weights_arg is None:
+            raise
+        _log(f"WARNING: could not load ImageNet weights ({e}); --weights auto: training from scratch.")
+        weights_arg, note = None, "backbone initialised at random (--weights auto fallback)"
+        model = build_model(mcfg, None)
+    return model, weights_arg is not None, note
+
+
+def _callbacks(cfg, run_dir: Path, phase: int, meta: dict, monitor: str, sample_images, throughput):
+    cbs = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup" / f"phase{phase}"), delete_checkpoint=True),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_factor, patience=cfg.lr_patience, verbose=1),
+        BestModelCheckpoint(run_dir / "best_model.keras", meta, monitor=monitor),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, update_freq="epoch",
+                                    profile_batch=0),
+        throughput,
+    ]
+    if sample_images is not None and cfg.image_every > 0:
+        cbs.append(HeatmapImages(run_dir / "tensorboard" / "images", sample_images, cfg.image_every))
+    if cfg.early_stopping > 0:
+        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping, verbose=1))
+    return cbs
+
+
+def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
+    """Run both phases; return a summary dict (also written to ``logs/<run>/summary.json``)."""
+    t_start = time.perf_counter()
+    run_dir = Path(cfg.log_dir) / (cfg.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    ds = load_dataset(cfg.data_dir)
+    check_dataset(ds)
+    pre = ds.config
+    img_size, k = int(ds.x.shape[1]), ds.num_keypoints
+    if int(pre.get("img_size", img_size)) != img_size:
+        raise ValueError(f"X_data images are {img_size} px but the preprocessing config says "
+                         f"img_size={pre['img_size']} ({cfg.data_dir}). Re-run preprocess_vis.py.")
+    heat_size, sigma = int(pre.get("heat_size", img_size // 2)), float(pre.get("sigma", 2.0))
+
+    policy, why = apply_precision(cfg.precision)
+    if cfg.threads > 0:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+    keras.utils.set_random_seed(cfg.seed)
+    mcfg = cfg.model_config(img_size, k)
+    check_heatmap_size(mcfg, heat_size, source=f"{cfg.data_dir}/Y_data.npz")
+    model, pretrained, note = _build(mcfg, cfg.weights)
+
+    train_idx, val_idx = split_indices(len(ds), cfg.val_split, cfg.seed)
+    if cfg.batch_size > len(train_idx):
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(train_idx)} training samples "
+                         f"({len(ds)} in {cfg.data_dir}, val_split={cfg.val_split}). Lower --batch-size.")
+    val_stems = [str(s) for s in ds.stems[val_idx]]
+    write_json(run_dir / "split.json", {"seed": cfg.seed, "val_split": cfg.val_split,
+                                         "val_indices": val_idx, "val_stems": val_stems})
+    meta = {"preprocess": pre, "train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg),
+            "num_keypoints": k, "precision": policy, "backbone_init": note, "val_stems": val_stems}
+    write_json(run_dir / "config.json", {**meta, "precision_reason": why, "run_dir": str(run_dir),
+                                         "n_train": len(train_idx), "n_val": len(val_idx)})
+
+    aug = cfg.augment_config() if cfg.augment else None
+    common = dict(sigma=sigma, heat_size=heat_size, stored_heatmaps=cfg.heatmap_source == "stored")
+    train_data = make_dataset(ds, train_idx, cfg.batch_size, True, augment=aug, seed=cfg.seed, **common)
+    val_data = make_dataset(ds, val_idx, cfg.batch_size, False, **common) if len(val_idx) else None
+    monitor = "val_loss" if val_data is not None else "loss"
+    sample_images = np.asarray(ds.x[val_idx[:6]], np.float32) if len(val_idx) else None
+    steps = cfg.steps_per_epoch or None
+
+    _log(f"run folder {run_dir}; {len(train_idx)} train / {len(val_idx)} val images, K={k}, "
+         f"{img_size}px input, {heat_size}px heatmaps; precision {policy} ({why}); {note}")
+    throughput = Throughput(cfg.batch_size)
+    extra = list(extra_callbacks)
+    phase1_marker = run_dir / "phase1_done.weights.h5"
+    history = {}
+
+    if cfg.fine_tune and phase1_marker.is_file():
+        _log(f"phase 1 already finished ({phase1_marker}); resuming with phase 2")
+    else:
+        if pretrained:
+            set_backbone_trainable(model, False)
+            _log(f"phase 1: backbone frozen (BatchNorm in inference mode), lr {cfg.learning_rate}")
+        else:
+            _log(f"phase 1: backbone NOT pretrained, so it is trained too (no freezing), lr {cfg.learning_rate}")
+        compile_model(model, cfg.learning_rate, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit)
+        h = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, steps_per_epoch=steps,
+                      callbacks=_callbacks(cfg, run_dir, 1, meta, monitor, sample_images, throughput) + extra,
+                      verbose=cfg.verbose)
+        history.update(h.history)
+        if cfg.fine_tune:
+            model.save_weights(phase1_marker)
+
+    if cfg.fine_tune:
+        if phase1_marker.is_file() and not history:
+            set_backbone_trainable(model, not pretrained)
+            model.load_weights(phase1_marker)
+        set_backbone_trainable(model, True)
+        _log(f"phase 2: fine-tuning everything at lr {cfg.fine_tune_lr} for {cfg.fine_tune_epochs} epochs")
+        compile_model(model, cfg.fine_tune_lr, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit)
+        h = model.fit(train_data, validation_data=val_data, initial_epoch=cfg.epochs,
+                      epochs=cfg.epochs + cfg.fine_tune_epochs, steps_per_epoch=steps,
+                      callbacks=_callbacks(cfg, run_dir, 2, meta, monitor, sample_images, throughput) + extra,
+                      verbose=cfg.verbose)
+        for key, v in h.history.items():
+            history.setdefault(key, []).extend(v)
+
+    model_io.save_model(model, cfg.model_out, meta)
+    best = model_io.load_meta(run_dir / "best_model.keras").get("best", {})
+    summary = {
+        "run_dir": str(run_dir), "model_out": str(cfg.model_out), "best_model": str(run_dir / "best_model.keras"),
+        "best": best, "final_logs": {key: float(v[-1]) for key, v in history.items() if v},
+        "seconds": time.perf_counter() - t_start, "train_images_per_second": throughput.images_per_second,
+        "precision": policy,
+    }
+    write_json(run_dir / "summary.json", summary)
+    px = best.get("val_coords_px_error", best.get("coords_px_error", float("nan")))
+    _log(f"done in {summary['seconds']:.0f} s; best {best.get('monitor', monitor)} {best.get('value', float('nan')):.4f} "
+         f"at epoch {best.get('epoch', '?')}, best-model px error {px:.3f} px (input space); "
+         f"{throughput.images_per_second:.1f} train images/s; model -> {cfg.model_out}")
+    return summary
+
+
+def measure_throughput(model_cfg: ModelConfig, batch_size: int = 16, steps: int = 10, warmup: int = 3,
+                       precision: str = "float32", jit: bool = False, frozen_backbone: bool = False) -> float:
+    """Train ``steps`` steps on random data and return training images per second.
+
+    ``warmup`` steps (graph tracing, oneDNN primitive creation) are excluded from the timing.
+    """
+    import tensorflow as tf
+
+    apply_precision(precision)
+    try:
+        model = build_model(model_cfg, None)
+        if frozen_backbone:
+            set_backbone_trainable(model, False)
+        compile_model(model, 1e-4, model_cfg.input_size, jit=jit)
+        s, k, hs = model_cfg.input_size, model_cfg.num_keypoints, model_cfg.heatmap_size
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 255, (batch_size, s, s, 3)).astype(np.float32)
+        y = {"heatmaps": rng.uniform(0, 1, (batch_size, hs, hs, k)).astype(np.float32),
+             "coords": rng.uniform(0, 1, (batch_size, 2 * k)).astype(np.float32)}
+        data = tf.data.Dataset.from_tensors((x, y)).repeat()
+        model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0)
+        t = time.perf_counter()
+        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+        return steps * batch_size / (time.perf_counter() - t)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

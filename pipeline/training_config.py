@@ -1,0 +1,122 @@
+"""Training configuration: one dataclass, three presets, and the CLI parser of ``train_vis.py``.
+
+Precedence: explicit flags > ``--config`` file (YAML/JSON) > ``--preset`` > dataclass defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from pipeline.augment import AugmentConfig
+from pipeline.config import add_dataclass_args, from_args, load_config_file
+from pipeline.model import BACKBONES, ModelConfig
+from pipeline.precision import PRECISIONS
+
+
+def _f(default, text, **meta):
+    return field(default=default, metadata={"help": text, **meta})
+
+
+@dataclass
+class TrainConfig:
+    """Settings of ``train_vis.py``. Defaults are the ``paper`` preset (seed 001)."""
+
+    data_dir: str = _f(".", "Folder holding X_data.npy and Y_data.npz (from preprocess_vis.py).")
+    log_dir: str = _f("logs", "Root of the per-run log folders.")
+    run_name: str = _f("", "Run folder name under LOG_DIR (default: a timestamp). Rerun with the same name to resume.")
+    model_out: str = _f("visible_keypoints_model.keras", "Where the final model (.keras + .json sidecar) is written.")
+    # architecture
+    backbone: str = _f("resnet50", "Encoder backbone.", choices=BACKBONES)
+    backbone_width: int = _f(64, "Base width of the resnet18ish backbone.")
+    decoder_widths: tuple[int, ...] = _f((1024, 512, 256, 128, 64), "Bottleneck width then the 4 decoder stage widths.")
+    weights: str = _f("auto", "Backbone init: auto (ImageNet if available, else scratch), imagenet, none, or an .h5 path.")
+    beta: float = _f(15.0, "SoftArgMax temperature.")
+    # optimisation
+    batch_size: int = _f(128, "Batch size.")
+    epochs: int = _f(20, "Epochs of phase 1 (frozen pretrained backbone, or everything when not pretrained).")
+    learning_rate: float = _f(5e-4, "Adam learning rate of phase 1.")
+    fine_tune: bool = _f(False, "Run phase 2: unfreeze the backbone and continue at FINE_TUNE_LR.")
+    fine_tune_epochs: int = _f(10, "Epochs of phase 2 (counted after EPOCHS).")
+    fine_tune_lr: float = _f(2e-6, "Adam learning rate of phase 2.")
+    steps_per_epoch: int = _f(0, "Limit training steps per epoch (0: one pass over the training set).")
+    val_split: float = _f(0.15, "Fraction of samples held out for validation.")
+    seed: int = _f(1, "Seed of the split, shuffling and initialisation.")
+    lambda_coords: float = _f(5.0, "Weight of the masked L1 coordinate loss.")
+    focal_alpha: float = _f(0.25, "Focal loss alpha.")
+    focal_gamma: float = _f(2.0, "Focal loss gamma.")
+    lr_factor: float = _f(0.8, "ReduceLROnPlateau factor.")
+    lr_patience: int = _f(10, "ReduceLROnPlateau patience (epochs).")
+    early_stopping: int = _f(0, "EarlyStopping patience on val_loss (0: off).")
+    # data
+    heatmap_source: str = _f("render", "Heatmap targets: rendered on the fly from coords, or stored in Y_data.npz.",
+                             choices=("render", "stored"))
+    augment: bool = _f(True, "Photometric augmentation of training batches.")
+    blur_prob: float = _f(0.3, "Probability of a random Gaussian blur.")
+    darken_prob: float = _f(0.5, "Probability of a random brightness reduction.")
+    darken_min: float = _f(0.5, "Smallest brightness factor.")
+    contrast_prob: float = _f(0.0, "Probability of a random contrast change.")
+    noise_prob: float = _f(0.0, "Probability of additive Gaussian noise.")
+    # runtime
+    precision: str = _f("auto", "Numeric precision policy.", choices=PRECISIONS)
+    jit: bool = _f(False, "XLA jit_compile (slower on CPU: XLA bypasses oneDNN).")
+    threads: int = _f(0, "TF intra-op threads (0: TensorFlow default).")
+    image_every: int = _f(5, "Write a TensorBoard grid of predicted heatmaps every N epochs (0: never).")
+    verbose: int = _f(2, "Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).")
+
+    def __post_init__(self):
+        self.decoder_widths = tuple(int(w) for w in self.decoder_widths)
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive. Received: {name}={getattr(self, name)}")
+        if not 0.0 <= self.val_split < 1.0:
+            raise ValueError(f"val_split must be in [0, 1). Received: val_split={self.val_split}")
+
+    def model_config(self, input_size: int, num_keypoints: int) -> ModelConfig:
+        return ModelConfig(input_size=input_size, num_keypoints=num_keypoints, backbone=self.backbone,
+                           backbone_width=self.backbone_width, decoder_widths=self.decoder_widths, beta=self.beta)
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(blur_prob=self.blur_prob, darken_prob=self.darken_prob, darken_min=self.darken_min,
+                             contrast_prob=self.contrast_prob, noise_prob=self.noise_prob)
+
+
+# ``paper`` = seed 001 exactly. ``cpu`` = chosen by measurement on 2 CPU cores (see README / report).
+# ``tiny`` = seconds-long smoke runs for tests.
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    "cpu": {
+        "backbone": "resnet18ish", "backbone_width": 32, "decoder_widths": (128, 64, 48, 32, 32),
+        "weights": "none", "batch_size": 16, "epochs": 15, "learning_rate": 1e-3, "lr_patience": 3,
+        "early_stopping": 6, "image_every": 3,
+    },
+    "tiny": {
+        "backbone": "resnet18ish", "backbone_width": 8, "decoder_widths": (32, 16, 16, 8, 8), "weights": "none",
+        "batch_size": 8, "epochs": 3, "learning_rate": 2e-3, "image_every": 1, "verbose": 0,
+    },
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_vis.py",
+        description="Train the visible-keypoint model on X_data.npy / Y_data.npz. "
+                    "Precedence: flags > --config file > --preset.",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                   help="Base settings: paper (seed 001), cpu (2-core CPU, ~10 min), tiny (tests).")
+    p.add_argument("--config", default="", help="YAML or JSON file of TrainConfig fields.")
+    add_dataclass_args(p, TrainConfig)
+    return p
+
+
+def parse_train_config(argv=None) -> TrainConfig:
+    args = build_parser().parse_args(argv)
+    base = dict(PRESETS[args.preset])
+    if args.config:
+        base.update(load_config_file(args.config))
+    try:
+        return from_args(TrainConfig, args, base)
+    except ValueError as e:
+        src = f" (config file {args.config})" if args.config else ""
+        raise ValueError(f"{e}{src}") from e
