@@ -254,3 +254,45 @@ def test_bad_arguments(tmp_path, capsys):
     assert "nope.obj" in capsys.readouterr().err
     assert cli_main(["--out", str(tmp_path / "g"), "--count", "1", "--width", "64", "--height",
                      "48", "--workers", "1", "--no-progress", "--background", "stars"]) == 0
+
+
+def _ray_visible(p_cam, tris, front, k):
+    """Exact reference: vertex k is visible iff an incident triangle faces the camera and
+    the segment camera -> vertex hits no other triangle (Moller-Trumbore)."""
+    if not any(front[i] for i, t in enumerate(tris) if k in t):
+        return False
+    d = p_cam[k]
+    for t in tris:
+        if k in t:
+            continue
+        a, b, c = p_cam[t]
+        e1, e2 = b - a, c - a
+        h = np.cross(d, e2)
+        det = e1 @ h
+        if abs(det) < 1e-12:
+            continue
+        u = (-a @ h) / det
+        q = np.cross(-a, e1)
+        v = (d @ q) / det
+        s = (e2 @ q) / det
+        if u >= 0 and v >= 0 and u + v <= 1 and 1e-9 < s < 1 - 1e-6:
+            return False
+    return True
+
+
+def test_visibility_matches_ray_casting():
+    mesh = builtin_mesh("spacecraft")
+    tris, _ = mesh.triangles()
+    agree = total = 0
+    for i in range(30):
+        _, ann, _ = render_sample(mesh, i, seed=5, width=W, height=H)
+        R = quat_to_matrix([ann["rotation_quaternion"][k] for k in "wxyz"])
+        p = mesh.vertices @ R.T + np.array(ann["translation"])
+        tc = p[tris]
+        front = np.einsum("ij,ij->i", np.cross(tc[:, 1] - tc[:, 0], tc[:, 2] - tc[:, 0]), tc[:, 0]) < 0
+        vis = {r["index"] for r in ann["visible_vertices"]}
+        out = {r["index"] for r in ann["non_visible_vertices"] if "status" in r}
+        for k in set(range(mesh.num_vertices)) - out:
+            total += 1
+            agree += (k in vis) == _ray_visible(p, tris, front, k)
+    assert agree >= total - 2  # at most a couple of sub-pixel edge cases may differ

@@ -9,7 +9,6 @@ then moved into place with os.replace.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing as mp
 import os
@@ -18,17 +17,16 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from PIL import Image
 from tqdm import tqdm
 
 from .backgrounds import KINDS
 from .meshes import Mesh, MeshError, load_mesh
+from .png import encode_png
 from .render import render_sample
 from .shading import FaceFrames
 
 IMAGES_DIR, JSON_DIR, INFO_DIR = "Rendered_Images", "JSON_Data_REF", "Object_Information"
 MESH_FILE = "mesh_information.json"
-PNG_LEVEL = 1  # zlib level: noisy renders barely compress, so favour speed
 
 
 def stem_for(index: int) -> str:
@@ -61,9 +59,7 @@ def _render_one(index: int) -> int:
                                 s["background"], frames=s["frames"])
     stem = stem_for(index)
     ann["image"] = f"{stem}.png"
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", compress_level=PNG_LEVEL)
-    atomic_write_bytes(s["out"] / IMAGES_DIR / f"{stem}.png", buf.getvalue())
+    atomic_write_bytes(s["out"] / IMAGES_DIR / f"{stem}.png", encode_png(img))
     atomic_write_json(s["out"] / JSON_DIR / f"{stem}.json", ann)
     return index
 

@@ -104,14 +104,15 @@ def rasterize(tri_xy: np.ndarray, tri_z: np.ndarray, tri_ids: Sequence[int],
 
 def vertex_visibility(buf: Buffers, uv: np.ndarray, z: np.ndarray,
                       incident: Sequence[set], front: np.ndarray,
-                      radius: int = 1, rel_tol: float = 2e-3) -> np.ndarray:
+                      radius: int = 0, rel_tol: float = 2e-3) -> np.ndarray:
     """Per-vertex z-buffer visibility (frame bounds NOT checked here).
 
     uv (K, 2) image pixels, z (K,) camera depth, incident[k] = ids of triangles
     containing vertex k, front (T,) front-facing flags. Vertex k is visible iff
-    one of its triangles faces the camera and, within +-radius samples of its
-    projection, some sample shows one of its own triangles or lies no nearer
-    than z_k * (1 - rel_tol) (background counts: silhouette vertices stay visible).
+    one of its triangles faces the camera and, within +-radius samples of the
+    sample containing its projection (default: that sample only), some sample shows
+    one of its own triangles or lies no nearer than z_k * (1 - rel_tol)
+    (background counts, so silhouette vertices stay visible).
     """
     h, w = buf.depth.shape
     out = np.zeros(len(uv), dtype=bool)

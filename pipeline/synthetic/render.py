@@ -72,7 +72,7 @@ def sample_scene(mesh: Mesh, cam: Camera, rng: np.random.Generator,
     sun /= np.linalg.norm(sun)
     if rng.random() < 0.8:
         sun[2] = -abs(sun[2])  # mostly lit from the camera side
-    return Scene(R, t, sun, float(rng.uniform(0.85, 1.3)), float(rng.uniform(0.03, 0.1)),
+    return Scene(R, t, sun, float(rng.uniform(0.95, 1.4)), float(rng.uniform(0.04, 0.12)),
                  choose_kind(background, rng))
 
 
@@ -159,12 +159,16 @@ def render_scene(mesh: Mesh, cam: Camera, scene: Scene, rng: np.random.Generator
         sl = (slice(buf.y0, buf.y0 + hc), slice(buf.x0, buf.x0 + wc))
         img[sl] = prem + (1 - cov)[..., None] * img[sl]
         mask[sl] = cov > 0
-    out = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    img *= 255.0
     if rng.random() < 0.3:  # slight optical blur
-        out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0))))
-    sigma = rng.uniform(1.0, 4.0)  # sensor noise, in 8-bit levels
-    noise = rng.standard_normal(out.shape, dtype=np.float32) * np.float32(sigma)
-    out = np.clip(out + noise + 0.5, 0, 255).astype(np.uint8)
+        q = Image.fromarray((np.clip(img, 0, 255) + 0.5).astype(np.uint8))
+        img = np.asarray(q.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0))), np.float32)
+    sigma = np.float32(rng.uniform(1.0, 4.0))  # sensor noise, in 8-bit levels
+    noise = rng.standard_normal(img.shape, dtype=np.float32)
+    noise *= sigma
+    noise += 0.5
+    img += noise
+    out = np.clip(img, 0, 255, out=img).astype(np.uint8)
     vis, nonvis = _vertex_records(mesh, cam, scene.R, buf, front, p_cam)
     x, y, z = matrix_to_euler_xyz(scene.R)
     q = matrix_to_quat(scene.R)

@@ -12,7 +12,7 @@ from .meshes import DARK, GOLD, SOLAR, WHITE, Mesh, face_normals
 # base albedo, specular strength, shininess
 _MAT = {GOLD: ((0.85, 0.62, 0.22), 0.55, 14.0),
         WHITE: ((0.80, 0.80, 0.78), 0.15, 10.0),
-        SOLAR: ((0.07, 0.10, 0.30), 0.60, 50.0),
+        SOLAR: ((0.10, 0.15, 0.42), 0.60, 50.0),
         DARK: ((0.26, 0.26, 0.28), 0.25, 20.0)}
 
 
