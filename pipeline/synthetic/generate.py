@@ -79,7 +79,7 @@ def generate_dataset(out_dir: Union[str, Path], count: int, seed: int = 0,
         raise ValueError(f"image size must be at least 16x16, got {width}x{height}")
     if background != "mixed" and background not in KINDS:
         raise ValueError(f"unknown background {background!r}; choose mixed, {', '.join(KINDS)}")
-    workers = os.cpu_count() or 1 if workers is None else int(workers)
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     mesh_obj = load_mesh(mesh)

@@ -8,6 +8,7 @@ unrounded projections in the corner-origin pixel frame (pixel centre = i + 0.5).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Optional
 
 import numpy as np
@@ -21,6 +22,23 @@ from .shading import FaceFrames, shade
 
 ROTATION_CONVENTION = ("intrinsic XYZ Euler angles in radians: R = Rx(x) @ Ry(y) @ Rz(z); "
                        "p_cam = R @ p_model + translation; camera x right, y down, z forward")
+
+
+# 256 equiprobable standard-normal quantiles: cheap Gaussian noise from random bytes
+_GAUSS_TABLE = np.array([NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)], np.float32)
+
+
+def _box_down(a: np.ndarray, s: int) -> np.ndarray:
+    """Mean over s x s blocks of the first two axes (sizes divisible by s)."""
+    if s == 1:
+        return a
+    out = a[0::s, 0::s].copy()
+    for dy in range(s):
+        for dx in range(s):
+            if dx or dy:
+                out += a[dy::s, dx::s]
+    out *= np.float32(1.0 / (s * s))
+    return out
 
 
 @dataclass
@@ -43,21 +61,24 @@ def image_rng(seed: int, index: int) -> np.random.Generator:
 
 def sample_scene(mesh: Mesh, cam: Camera, rng: np.random.Generator,
                  background: str = "mixed") -> Scene:
-    """Uniform SO(3) rotation; distance so the object spans roughly 20-60 % of the frame
-    height (bounding sphere 30-75 %); centre mostly in frame, ~15 % of the time pushed over an edge."""
+    """Uniform SO(3) rotation; distance such that the rotated object's larger image-plane
+    extent is 20-60 % of the frame height; centre in frame, ~15 % of the time pushed
+    over an edge so that some vertices fall outside the view."""
     R = quat_to_matrix(random_quaternion(rng))
-    frac = rng.uniform(0.3, 0.75)
-    rad_px = 0.5 * frac * cam.height
-    dist = cam.fy * mesh.radius() / rad_px
+    rot = mesh.vertices @ R.T
+    extent = max(np.ptp(rot[:, 0]), np.ptp(rot[:, 1]))
+    dist = cam.fy * extent / (rng.uniform(0.2, 0.6) * cam.height)
+    dist = max(dist, 1.5 * mesh.radius())  # keep the camera well outside the object
+    half_px = cam.fy * np.abs(rot[:, :2]).max() / (dist - mesh.radius())
     W, H = cam.width, cam.height
 
     def coord(size):
-        lo, hi = min(0.9 * rad_px, size / 2), max(size - 0.9 * rad_px, size / 2)
+        lo, hi = min(half_px, size / 2), max(size - half_px, size / 2)
         return rng.uniform(lo, hi)
 
     uc, vc = coord(W), coord(H)
     if rng.random() < 0.15:  # partly outside the frame
-        edge_pos = rng.uniform(-0.3, 0.6) * rad_px
+        edge_pos = rng.uniform(-0.2, 0.6) * half_px
         side = rng.integers(4)
         if side == 0:
             uc = edge_pos
@@ -147,15 +168,14 @@ def render_scene(mesh: Mesh, cam: Camera, scene: Scene, rng: np.random.Generator
         _, tri_face = mesh.triangles()
         rows, cols = np.nonzero(buf.mask)
         u, v = buf.sample_uv(rows, cols)
-        pts = cam.unproject(u, v, buf.depth[rows, cols].astype(np.float64))
+        pts = cam.unproject(u.astype(np.float32), v.astype(np.float32), buf.depth[rows, cols])
         col = shade(pts, tri_face[buf.tri[rows, cols]], frames, scene.R, scene.t,
                     scene.sun, scene.sun_power, scene.ambient)
         h, w = buf.depth.shape
         hc, wc = h // ss, w // ss
         rgb = np.zeros((h, w, 3), np.float32)
         rgb[rows, cols] = col
-        prem = rgb.reshape(hc, ss, wc, ss, 3).mean(axis=(1, 3))
-        cov = buf.mask.reshape(hc, ss, wc, ss).mean(axis=(1, 3), dtype=np.float32)
+        prem, cov = _box_down(rgb, ss), _box_down(buf.mask.astype(np.float32), ss)
         sl = (slice(buf.y0, buf.y0 + hc), slice(buf.x0, buf.x0 + wc))
         img[sl] = prem + (1 - cov)[..., None] * img[sl]
         mask[sl] = cov > 0
@@ -164,10 +184,7 @@ def render_scene(mesh: Mesh, cam: Camera, scene: Scene, rng: np.random.Generator
         q = Image.fromarray((np.clip(img, 0, 255) + 0.5).astype(np.uint8))
         img = np.asarray(q.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0))), np.float32)
     sigma = np.float32(rng.uniform(1.0, 4.0))  # sensor noise, in 8-bit levels
-    noise = rng.standard_normal(img.shape, dtype=np.float32)
-    noise *= sigma
-    noise += 0.5
-    img += noise
+    img += (_GAUSS_TABLE * sigma + np.float32(0.5))[rng.integers(0, 256, img.shape, dtype=np.uint8)]
     out = np.clip(img, 0, 255, out=img).astype(np.uint8)
     vis, nonvis = _vertex_records(mesh, cam, scene.R, buf, front, p_cam)
     x, y, z = matrix_to_euler_xyz(scene.R)

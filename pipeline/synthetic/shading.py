@@ -86,16 +86,21 @@ def shade(p_cam: np.ndarray, face: np.ndarray, frames: FaceFrames, R: np.ndarray
     p_cam (N, 3) camera-frame points, face (N,) polygon index, R/t the model->camera
     pose, sun (3,) unit vector towards the sun in the camera frame.
     """
-    p_obj = (p_cam - t) @ R  # R^T (p - t), row vectors
-    rel = p_obj - frames.origin[face]
-    a = np.einsum("ij,ij->i", rel, frames.e1[face]).astype(np.float32)
-    b = np.einsum("ij,ij->i", rel, frames.e2[face]).astype(np.float32)
-    n_cam = (frames.normal @ R.T)[face].astype(np.float32)
-    view = -p_cam / np.linalg.norm(p_cam, axis=1, keepdims=True)
-    half = view + sun[None]
-    half /= np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-9)
-    ndl = np.clip(n_cam @ sun.astype(np.float32), 0, None)
-    ndh = np.clip(np.einsum("ij,ij->i", n_cam, half.astype(np.float32)), 0, None)
+    f32 = np.float32
+    p_cam = p_cam.astype(f32, copy=False)
+    # surface coords: a = e1 . (R^T (p - t) - o) = (R e1) . p - (R e1) . t - e1 . o
+    e1c, e2c = (frames.e1 @ R.T).astype(f32), (frames.e2 @ R.T).astype(f32)
+    off1 = (e1c @ t.astype(f32) + np.einsum("ij,ij->i", frames.e1, frames.origin)).astype(f32)
+    off2 = (e2c @ t.astype(f32) + np.einsum("ij,ij->i", frames.e2, frames.origin)).astype(f32)
+    a = np.einsum("ij,ij->i", p_cam, e1c[face]) - off1[face]
+    b = np.einsum("ij,ij->i", p_cam, e2c[face]) - off2[face]
+    n_cam = (frames.normal @ R.T).astype(f32)
+    sun32 = sun.astype(f32)
+    ndl = np.clip((n_cam @ sun32)[face], 0, None)  # flat shading: one value per face
+    view = p_cam * (f32(-1) / np.sqrt(np.einsum("ij,ij->i", p_cam, p_cam)))[:, None]
+    half = view + sun32
+    half *= (f32(1) / np.maximum(np.sqrt(np.einsum("ij,ij->i", half, half)), f32(1e-9)))[:, None]
+    ndh = np.clip(np.einsum("ij,ij->i", half, n_cam[face]), 0, None)
     out = np.empty((len(face), 3), np.float32)
     mats = frames.material[face]
     jit = frames.jitter[face]
