@@ -1,0 +1,279 @@
+"""Batched prediction: image files -> model -> decoded keypoints in normalised, input and original pixels.
+
+Legend: N images, K keypoints, S model-input side, Sh heatmap side. The model takes (B, S, S, 3)
+RGB 0..255 and returns ``{"heatmaps": (B, Sh, Sh, K) sigmoid, "coords": (B, 2K) normalised
+x0, y0, x1, y1, ...}``. Positions follow ``pipeline.geometry`` (corner origin, pixel i centred at
+i + 0.5); predictions go back to original pixels through ``Geometry.from_normalised``, the exact
+inverse of the preprocessing.
+
+Inputs are a 4SP dataset folder (``Rendered_Images/`` + ``JSON_Data_REF/``), a folder of images,
+or image files. Images are decoded in parallel inside ``tf.data`` (``tf.numpy_function``) and
+batched with prefetch, so the model sees full batches while the next ones decode.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import annotations as ann
+from pipeline.geometry import Geometry
+from pipeline.heatmaps import decode_peak
+from pipeline.images import IMAGE_SUFFIXES, ImageError, list_images, load_model_input
+
+DECODERS = ("peak", "softargmax")
+
+
+class InferError(ValueError):
+    """Bad inputs to inference (missing model, K mismatch, nothing to predict on); names the file and the fix."""
+
+
+@dataclass
+class Sample:
+    """One image to predict on; ``pixels`` (K, 2) original px and ``visible`` (K,) when annotated."""
+
+    stem: str
+    image: Path
+    annotation: Path | None = None
+    pixels: np.ndarray | None = None
+    visible: np.ndarray | None = None
+
+
+@dataclass
+class InputSet:
+    """What ``collect_inputs`` found: samples, the dataset roots among the inputs, files skipped."""
+
+    samples: list
+    dataset_roots: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # [{"file": str, "reason": str}]
+    edges: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
+
+
+def _check_json_k(path: Path, k: int, skipped: list) -> bool:
+    """Stop on a K mismatch (it means the wrong model or the wrong data); skip unreadable JSON."""
+    try:
+        data = json.loads(path.read_text())
+        entries = list(data.get("visible_vertices", [])) + list(data.get("non_visible_vertices", []))
+        indices = [e["index"] for e in entries if isinstance(e, dict) and isinstance(e.get("index"), int)]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as e:
+        skipped.append({"file": str(path), "reason": f"unreadable annotation: {e}"})
+        warnings.warn(f"Skipping {path}: unreadable annotation ({e}).", stacklevel=3)
+        return False
+    if indices and max(indices) >= k:
+        raise InferError(
+            f"{path} has vertex index {max(indices)}, but the model predicts K={k} keypoints. "
+            "The model was trained on another object: pass --model with a model trained on this mesh, "
+            "or predict on data of the model's object."
+        )
+    return True
+
+
+def _dataset_samples(root: Path, k: int, out: InputSet) -> list:
+    pairing = ann.pair_dataset(root)
+    try:
+        mesh = ann.load_mesh_info(ann.find_mesh_file(root))
+    except ann.AnnotationError as e:
+        warnings.warn(f"{e} Going on without the mesh (no K check against it, no edges drawn).", stacklevel=3)
+        mesh = None
+    if mesh is not None:
+        if mesh.num_keypoints != k:
+            raise InferError(
+                f"{mesh.path} gives K={mesh.num_keypoints} keypoints (total_vertices) but the model predicts "
+                f"K={k}. Pass --model with a model trained on '{mesh.name}', or predict on the model's object."
+            )
+        out.edges = mesh.edges
+    samples = []
+    for stem, img, js in pairing.pairs:
+        if not _check_json_k(js, k, out.skipped):
+            continue
+        try:
+            a = ann.parse_annotation(js, k)
+        except ann.AnnotationError as e:
+            out.skipped.append({"file": str(js), "reason": str(e)})
+            warnings.warn(f"Skipping {js}: {e}", stacklevel=2)
+            continue
+        samples.append(Sample(stem, img, js, a.pixels, a.visible))
+    samples += [Sample(Path(p).stem, Path(p)) for p in pairing.images_without_json]
+    samples.sort(key=lambda s: s.stem)
+    return samples
+
+
+def _single_file(path: Path, k: int, out: InputSet) -> Sample:
+    """An image file; its annotation is used when it sits in a 4SP dataset."""
+    js = path.parent.parent / ann.ANNOTATIONS_DIR / f"{path.stem}.json"
+    if path.parent.name == ann.IMAGES_DIR and js.is_file() and _check_json_k(js, k, out.skipped):
+        try:
+            a = ann.parse_annotation(js, k)
+            return Sample(path.stem, path, js, a.pixels, a.visible)
+        except ann.AnnotationError as e:
+            out.skipped.append({"file": str(js), "reason": str(e)})
+    return Sample(path.stem, path)
+
+
+def collect_inputs(paths, num_keypoints: int) -> InputSet:
+    """Gather samples from dataset folders, image folders and image files (in the order given)."""
+    out = InputSet(samples=[])
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir() and (p / ann.IMAGES_DIR).is_dir():
+            out.samples += _dataset_samples(p, num_keypoints, out)
+            out.dataset_roots.append(p)
+        elif p.is_dir():
+            files = list_images(p)
+            if not files:
+                raise InferError(
+                    f"{p} holds no images. Expected a 4SP dataset folder ({ann.IMAGES_DIR}/ with "
+                    f"{ann.ANNOTATIONS_DIR}/), a folder of images ({', '.join(IMAGE_SUFFIXES)}), or image files."
+                )
+            out.samples += [Sample(f.stem, f) for f in files]
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InferError(f"{p} is not an image file (expected one of {', '.join(IMAGE_SUFFIXES)}).")
+            out.samples.append(_single_file(p, num_keypoints, out))
+        else:
+            raise InferError(f"{p} not found. Pass a 4SP dataset folder, a folder of images, or image files.")
+    if not out.samples:
+        raise InferError(f"No images to predict on in {', '.join(map(str, paths))}.")
+    return out
+
+
+def image_dataset(files, geometry: Geometry, batch_size: int):
+    """tf.data over image files: (index (B,), input (B, S, S, 3) uint8, (W, H) (B, 2), ok (B,)).
+
+    A file that cannot be read yields a black input with ``ok`` False and its error in ``errors``.
+    """
+    import tensorflow as tf
+
+    files = [str(f) for f in files]
+    errors: dict[int, str] = {}
+    s = geometry.input_size
+
+    def load(i):
+        i = int(i)
+        try:
+            x, (w, h) = load_model_input(files[i], geometry)
+            return x, np.array([w, h], np.int32), np.bool_(True)
+        except ImageError as e:
+            errors[i] = str(e)
+            return np.zeros((s, s, 3), np.uint8), np.zeros(2, np.int32), np.bool_(False)
+
+    def tf_load(i):
+        x, size, ok = tf.numpy_function(load, [i], (tf.uint8, tf.int32, tf.bool), stateful=False)
+        x.set_shape((s, s, 3))
+        size.set_shape((2,))
+        ok.set_shape(())
+        return i, x, size, ok
+
+    ds = tf.data.Dataset.range(len(files))
+    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(2), errors
+
+
+@dataclass
+class Predictions:
+    """Model outputs for N files, decoded.
+
+    xy: (N, K, 2) normalised; confidence: (N, K) heatmap peak; sizes: (N, 2) original (W, H);
+    ok: (N,) readable; errors: index -> message; inputs / heatmaps: the first ``keep`` images'
+    (S, S, 3) uint8 inputs and (Sh, Sh, K) float16 heatmaps, for figures.
+    """
+
+    xy: np.ndarray
+    confidence: np.ndarray
+    sizes: np.ndarray
+    ok: np.ndarray
+    errors: dict
+    inputs: np.ndarray
+    heatmaps: np.ndarray
+
+
+def decode(outputs: dict, decoder: str) -> tuple[np.ndarray, np.ndarray]:
+    """Model outputs -> (xy (B, K, 2) normalised, confidence (B, K) heatmap peak)."""
+    h = np.asarray(outputs["heatmaps"], np.float32)
+    xy_peak, conf = decode_peak(h, refine=True)
+    if decoder == "peak":
+        return xy_peak, conf
+    if decoder == "softargmax":
+        c = np.asarray(outputs["coords"], np.float64)
+        return c.reshape(c.shape[0], -1, 2), conf
+    raise InferError(f"Unknown decoder {decoder!r}; choose one of {DECODERS}.")
+
+
+def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, decoder: str = "peak",
+                  keep: int = 0, progress: bool = True) -> Predictions:
+    """Run ``model`` over image files in batches; see :class:`Predictions`."""
+    from tqdm.auto import tqdm
+
+    if decoder not in DECODERS:
+        raise InferError(f"Unknown decoder {decoder!r}; choose one of {DECODERS}.")
+    n = len(files)
+    ds, errors = image_dataset(files, geometry, batch_size)
+    xy = conf = None
+    sizes, ok = np.zeros((n, 2), np.int64), np.zeros(n, bool)
+    inputs, maps = [], []
+    with tqdm(total=n, unit="img", desc=f"predict ({decoder})", disable=not progress) as bar:
+        for idx, x, size, good in ds:
+            idx = idx.numpy()
+            x = x.numpy()
+            b = len(idx)
+            if n > batch_size and b < batch_size:  # pad the last batch: one traced shape only
+                pad = np.zeros((batch_size - b,) + x.shape[1:], x.dtype)
+                out = model.predict_on_batch(np.concatenate([x, pad]))
+                out = {key: np.asarray(v)[:b] for key, v in out.items()}
+            else:
+                out = model.predict_on_batch(x)
+            bxy, bconf = decode(out, decoder)
+            if xy is None:
+                xy = np.full((n,) + bxy.shape[1:], np.nan)
+                conf = np.zeros((n,) + bconf.shape[1:])
+            xy[idx], conf[idx] = bxy, bconf
+            sizes[idx], ok[idx] = size.numpy(), good.numpy()
+            room = keep - sum(len(b) for b in inputs)
+            if room > 0:
+                inputs.append(x[:room])
+                maps.append(np.asarray(out["heatmaps"][:room], np.float16))
+            bar.update(len(idx))
+    xy[~ok], conf[~ok] = np.nan, 0.0
+    return Predictions(
+        xy=xy, confidence=conf, sizes=sizes, ok=ok, errors=dict(errors),
+        inputs=np.concatenate(inputs) if inputs else np.zeros((0,), np.uint8),
+        heatmaps=np.concatenate(maps) if maps else np.zeros((0,), np.float16),
+    )
+
+
+def ground_truth(samples, sizes, geometry: Geometry):
+    """GT of the samples in all spaces.
+
+    Returns:
+        has_gt (N,), pixels (N, K, 2) original px (NaN where unknown), input_px (N, K, 2),
+        visible (N, K): visible in the annotation AND inside the crop (the keypoints that count).
+    """
+    n = len(samples)
+    k = next((s.pixels.shape[0] for s in samples if s.pixels is not None), 0)
+    has = np.array([s.pixels is not None for s in samples], bool)
+    px = np.full((n, k, 2), np.nan)
+    vis = np.zeros((n, k), bool)
+    for i, s in enumerate(samples):
+        if s.pixels is not None:
+            px[i], vis[i] = s.pixels, s.visible
+    safe = np.where(sizes > 0, sizes, 1)
+    norm = geometry.to_normalised(px, safe)
+    with np.errstate(invalid="ignore"):
+        inside = Geometry.inside(norm)
+    vis = vis & inside & np.isfinite(norm).all(-1) & (sizes > 0).all(-1)[:, None]
+    return has, px, geometry.to_input(norm), vis
+
+
+def benchmark_throughput(model, files, geometry: Geometry, batch_size: int, repeats: int = 1) -> float:
+    """Images per second end to end from files (decode + model + decoding), after one warm-up batch."""
+    import time
+
+    predict_files(model, files[:batch_size], geometry, batch_size=batch_size, progress=False)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        predict_files(model, files, geometry, batch_size=batch_size, progress=False)
+    return repeats * len(files) / (time.perf_counter() - t)

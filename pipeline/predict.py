@@ -1,0 +1,336 @@
+"""The prediction stage behind ``use_vis.py``: model + inputs -> predictions, figures, evaluation.
+
+Outputs (under ``out_dir``, default ``predictions/``)::
+
+    predictions.json, predictions.csv     per image and keypoint: original and model-input pixels,
+                                          confidence, predicted visibility, ground truth when known
+    overlays/<stem>.png                   model-input view (upscaled), prediction vs ground truth
+    heatmaps/<stem>.png                   per-keypoint heatmap grid
+    original_overlays/<stem>.png          original resolution with the crop box
+    evaluation_summary.json / .txt        metrics (annotated inputs only), see ``pipeline.evaluate``
+    pck_curve.png, error_histogram.png
+
+A run writes everything into a hidden temporary folder inside ``out_dir`` and then replaces the
+managed entries above in one sweep, so old and new files never mix (entries a run does not produce,
+e.g. the summary of an unannotated run, are removed).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import evaluate as ev
+from pipeline import visualize as vis
+from pipeline.arrays import atomic_path, write_json
+from pipeline.config import geometry_from_dict
+from pipeline.geometry import Geometry
+from pipeline.images import ImageError, open_image
+from pipeline.infer import DECODERS, InferError, collect_inputs, ground_truth, predict_files
+
+MANAGED = ("predictions.json", "predictions.csv", "evaluation_summary.json", "evaluation_summary.txt",
+           "pck_curve.png", "error_histogram.png", "overlays", "heatmaps", "original_overlays")
+DEFAULT_MODEL = "visible_keypoints_model.keras"
+
+
+def _help(text: str, meta=None, **kw):
+    return field(metadata={"help": text, **(meta or {})}, **kw)
+
+
+@dataclass
+class InferConfig:
+    """Settings of ``use_vis.py``."""
+
+    input: tuple[str, ...] = _help("4SP dataset folder(s), image folder(s) or image file(s); default: the "
+                                   "model's training data_dir, else data/.", default=())
+    model: str = _help("Trained .keras model (with its .json sidecar); default: the newest "
+                       "logs/<run>/best_model.keras, else visible_keypoints_model.keras.", default="")
+    out_dir: str = _help("Output folder (its managed files are replaced on each run).", default="predictions")
+    batch_size: int = _help("Images per model call.", default=32)
+    limit: int = _help("Predict on the first N images only (0: all).", default=0)
+    split: str = _help("auto: the training run's held-out val_stems when the input is its training data, "
+                       "else all; val; all.", default="auto", meta={"choices": ("auto", "val", "all")})
+    decoder: str = _help("peak: heatmap arg-max with log-quadratic sub-pixel refinement; softargmax: the "
+                         "model's coords output.", default="peak", meta={"choices": DECODERS})
+    vis_threshold: float = _help("A keypoint is predicted visible when its heatmap peak >= this.", default=0.5)
+    visualize: str = _help("Figures for the first N images, or 'all'.", default="16")
+    upscale: int = _help("Upscaling of the model-input overlays.", default=4)
+    progress: bool = _help("Show progress bars.", default=True)
+
+    def __post_init__(self):
+        if isinstance(self.input, str):
+            self.input = (self.input,)
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive. Received: batch_size={self.batch_size}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}. Received: decoder={self.decoder!r}")
+        if self.split not in ("auto", "val", "all"):
+            raise ValueError(f"split must be auto, val or all. Received: split={self.split!r}")
+        if not 0.0 <= self.vis_threshold <= 1.0:
+            raise ValueError(f"vis_threshold must be in [0, 1]. Received: vis_threshold={self.vis_threshold}")
+        if self.visualize != "all" and not str(self.visualize).isdigit():
+            raise ValueError(f"visualize must be a count or 'all'. Received: visualize={self.visualize!r}")
+
+    def num_figures(self, n: int) -> int:
+        return n if self.visualize == "all" else min(n, int(self.visualize))
+
+
+def resolve_model_path(path: str = "") -> Path:
+    """``path``, else the newest ``logs/<run>/best_model.keras``, else ``visible_keypoints_model.keras``."""
+    if path:
+        return Path(path)
+    runs = sorted(Path("logs").glob("*/best_model.keras"), key=lambda p: p.stat().st_mtime)
+    return runs[-1] if runs else Path(DEFAULT_MODEL)
+
+
+def load_model_and_geometry(path: Path):
+    """(model, meta, geometry, K); missing or unusable model files raise InferError naming the file."""
+    from pipeline.model_io import load_model
+
+    try:
+        model, meta = load_model(path)
+    except FileNotFoundError as e:
+        raise InferError(str(e)) from None
+    except ValueError as e:
+        raise InferError(f"{e}. Re-train or re-export the model with train_vis.py.") from None
+    if meta.get("preprocess"):
+        geometry = geometry_from_dict(meta["preprocess"])
+    else:
+        geometry = Geometry()
+        warnings.warn(f"{path}: no preprocessing config in the sidecar; assuming the seed-001 geometry {geometry}.",
+                      stacklevel=2)
+    out = getattr(model, "output", None)
+    if not isinstance(out, dict) or "heatmaps" not in out or "coords" not in out:
+        raise InferError(f"{path}: the model must return a dict with 'heatmaps' and 'coords'. Received: {out}")
+    s_in, k = model.input_shape[1], int(out["heatmaps"].shape[-1])
+    if s_in != geometry.input_size:
+        raise InferError(f"{path}: the model takes {s_in} px inputs but its sidecar's preprocessing says "
+                         f"img_size={geometry.input_size}. The sidecar belongs to another model; re-save it.")
+    return model, meta, geometry, k
+
+
+def select_split(samples, roots, meta: dict, split: str) -> tuple[list, str, str]:
+    """Pick the images to evaluate; never silently evaluate on training images.
+
+    Returns (samples, split used, a note for people).
+    """
+    val = set(meta.get("val_stems") or [])
+    train_dir = (meta.get("preprocess") or {}).get("data_dir")
+    same_dir = bool(train_dir) and any(Path(r).resolve() == Path(train_dir).resolve() for r in roots)
+    stems = {s.stem for s in samples}
+    is_training = same_dir or bool(stems & val)
+    if split == "auto":
+        split = "val" if is_training and val else "all"
+    if split == "val":
+        if not val:
+            raise InferError("--split val: the model's sidecar records no val_stems. Use --split all.")
+        chosen = [s for s in samples if s.stem in val]
+        if not chosen:
+            raise InferError(f"--split val: none of the {len(samples)} input images is in the model's "
+                             f"{len(val)} val_stems. Use --split all, or pass the training data.")
+        note = (f"evaluating the held-out validation split recorded by training ({len(chosen)} of "
+                f"{len(samples)} images); --split all for every image")
+        return chosen, "val", note
+    note = f"all {len(samples)} input images"
+    if is_training:
+        used = sum(1 for s in samples if s.pixels is not None and s.stem not in val)
+        if val and used:
+            note += f"; WARNING: {used} of them were training images, their errors are optimistic"
+        elif not val:
+            note += "; WARNING: these look like the training data and no val_stems are recorded, so some may be training images"
+        warnings.warn(note, stacklevel=2)
+    return samples, "all", note
+
+
+def _clean(o):
+    """JSON-safe: NaN/inf -> None, numpy -> Python."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    if isinstance(o, (np.generic,)):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def _rows(samples, keep, r: dict):
+    """Per-image records for predictions.json and flat per-keypoint rows for the CSV."""
+    images, rows = [], []
+    for i in np.flatnonzero(keep):
+        s = samples[i]
+        kps = []
+        for k in range(r["pred_orig"].shape[1]):
+            rec = {
+                "index": k,
+                "x_orig": r["pred_orig"][i, k, 0], "y_orig": r["pred_orig"][i, k, 1],
+                "x_input": r["pred_in"][i, k, 0], "y_input": r["pred_in"][i, k, 1],
+                "confidence": r["conf"][i, k], "pred_visible": bool(r["pred_vis"][i, k]),
+            }
+            if r["has_gt"][i]:
+                rec.update({
+                    "gt_x_orig": r["gt_orig"][i, k, 0], "gt_y_orig": r["gt_orig"][i, k, 1],
+                    "gt_x_input": r["gt_in"][i, k, 0], "gt_y_input": r["gt_in"][i, k, 1],
+                    "gt_visible": bool(r["gt_vis"][i, k]),
+                    "gt_visible_in_annotation": bool(s.visible[k]),
+                    "error_input_px": float(np.hypot(*(r["pred_in"][i, k] - r["gt_in"][i, k])))
+                    if r["gt_vis"][i, k] else None,
+                })
+            kps.append(rec)
+            rows.append({"stem": s.stem, "image": str(s.image), **rec})
+        images.append({"stem": s.stem, "image": str(s.image),
+                       "annotation": str(s.annotation) if s.annotation else None,
+                       "orig_size": r["sizes"][i], "crop_box_orig": r["boxes"][i], "keypoints": kps})
+    return images, rows
+
+
+CSV_FIELDS = ["stem", "image", "index", "x_orig", "y_orig", "x_input", "y_input", "confidence", "pred_visible",
+              "gt_x_orig", "gt_y_orig", "gt_x_input", "gt_y_input", "gt_visible", "gt_visible_in_annotation",
+              "error_input_px"]
+
+
+def _write_csv(path: Path, rows) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if v is None else (f"{v:.4f}" if isinstance(v, float) else v))
+                        for k, v in _clean(row).items()})
+
+
+def _figures(tmp: Path, samples, r: dict, preds, cfg: InferConfig, edges, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    n_fig = min(cfg.num_figures(len(samples)), len(preds.inputs))
+    for name in ("overlays", "heatmaps", "original_overlays"):
+        (tmp / name).mkdir()
+    for i in tqdm(range(n_fig), desc="figures", unit="img", disable=not progress):
+        if not preds.ok[i]:
+            continue
+        s = samples[i]
+        gt_in = r["gt_in"][i] if r["has_gt"][i] else None
+        gt_orig = r["gt_orig"][i] if r["has_gt"][i] else None
+        title = f"{s.stem}  ({cfg.decoder} decoder)"
+        vis.input_overlay(preds.inputs[i], r["pred_in"][i], gt_in, r["gt_vis"][i], r["pred_vis"][i],
+                          upscale=cfg.upscale, edges=edges, title=title).save(tmp / "overlays" / f"{s.stem}.png")
+        vis.heatmap_grid(preds.inputs[i], preds.heatmaps[i], r["pred_in"][i], r["conf"][i],
+                         title=title).save(tmp / "heatmaps" / f"{s.stem}.png")
+        try:
+            img = open_image(s.image)
+        except ImageError:
+            continue
+        vis.original_overlay(img, r["pred_orig"][i], r["boxes"][i], gt_orig, r["gt_vis"][i], r["pred_vis"][i],
+                             edges=edges, title=f"{title}  {img.width}x{img.height}"
+                             ).save(tmp / "original_overlays" / f"{s.stem}.png", compress_level=1)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace the managed entries of ``out`` with those of ``tmp`` (removing stale ones)."""
+    for name in MANAGED:
+        old, new = out / name, tmp / name
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old.exists() or old.is_symlink():
+            old.unlink()
+        if new.exists():
+            os.replace(new, old)
+
+
+def _unique_stems(samples) -> None:
+    seen: dict[str, int] = {}
+    for s in samples:
+        n = seen.get(s.stem, 0)
+        seen[s.stem] = n + 1
+        if n:
+            s.stem = f"{s.stem}_{n + 1}"
+
+
+def run(cfg: InferConfig) -> dict:
+    """Predict, write the outputs, evaluate where annotations exist; returns the summary (or {})."""
+    model_path = resolve_model_path(cfg.model)
+    model, meta, geometry, k = load_model_and_geometry(model_path)
+    inputs = list(cfg.input) or [(meta.get("preprocess") or {}).get("data_dir") or "data"]
+    found = collect_inputs(inputs, k)
+    samples, split, note = select_split(found.samples, found.dataset_roots, meta, cfg.split)
+    if cfg.limit:
+        samples = samples[: cfg.limit]
+    _unique_stems(samples)
+    print(f"model {model_path} (K={k}, input {geometry.input_size} px); {len(samples)} images; {note}")
+
+    n_fig = cfg.num_figures(len(samples))
+    preds = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
+                          decoder=cfg.decoder, keep=n_fig, progress=cfg.progress)
+    skipped = list(found.skipped)
+    for i, msg in sorted(preds.errors.items()):
+        warnings.warn(f"Skipping unreadable image: {msg}", stacklevel=2)
+        skipped.append({"file": str(samples[i].image), "reason": msg})
+    sizes = preds.sizes
+    has_gt, gt_orig, gt_in, gt_vis = ground_truth(samples, sizes, geometry)
+    if gt_orig.shape[1] == 0:  # nothing annotated
+        gt_orig = gt_in = np.full(preds.xy.shape, np.nan)
+        gt_vis = np.zeros(preds.xy.shape[:2], bool)
+    has_gt &= preds.ok
+    safe = np.where(sizes > 0, sizes, 1)
+    r = {
+        "pred_in": geometry.to_input(preds.xy), "pred_orig": geometry.from_normalised(preds.xy, safe),
+        "conf": preds.confidence, "pred_vis": preds.confidence >= cfg.vis_threshold,
+        "gt_in": gt_in, "gt_orig": gt_orig, "gt_vis": gt_vis & has_gt[:, None], "has_gt": has_gt,
+        "sizes": sizes, "boxes": geometry.crop_box(safe),
+    }
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".run-{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        images, rows = _rows(samples, preds.ok, r)
+        header = {"model": str(model_path), "decoder": cfg.decoder, "vis_threshold": cfg.vis_threshold,
+                  "num_keypoints": k, "geometry": asdict(geometry), "split": split, "inputs": inputs,
+                  "spaces": {"orig": "original-image pixels, corner origin, pixel i centred at i+0.5",
+                             "input": f"model-input pixels ({geometry.input_size} px crop)"},
+                  "skipped_files": skipped}
+        write_json(tmp / "predictions.json", _clean({**header, "images": images}))
+        _write_csv(tmp / "predictions.csv", rows)
+        _figures(tmp, samples, r, preds, cfg, found.edges if len(found.edges) else None, cfg.progress)
+        summary = {}
+        if has_gt.any():
+            extra = {"decoder": cfg.decoder, "model": str(model_path), "data_dir": [str(p) for p in found.dataset_roots],
+                     "inputs": inputs, "split": split, "split_note": note, "skipped_files": skipped,
+                     "num_keypoints": k}
+            summary = ev.build_summary(pred_in=r["pred_in"], gt_in=gt_in, pred_orig=r["pred_orig"], gt_orig=gt_orig,
+                                       gt_mask=r["gt_vis"], has_gt=has_gt, confidence=r["conf"],
+                                       vis_threshold=cfg.vis_threshold, img_size=geometry.input_size,
+                                       processed=int(preds.ok.sum()), extra=extra)
+            summary = _clean(summary)
+            write_json(tmp / "evaluation_summary.json", summary)
+            text = ev.format_summary(summary)
+            (tmp / "evaluation_summary.txt").write_text(text + "\n")
+            _, _, d = ev.errors(r["pred_in"], gt_in, r["gt_vis"])
+            vis.plot_pck_curve({f"{cfg.decoder} (AUC {summary['pck_auc']:.3f})": ev.pck_curve(d)},
+                               tmp / "pck_curve.png")
+            vis.plot_error_histogram(d, tmp / "error_histogram.png", summary["euclidean_median"],
+                                     summary["euclidean_p95"])
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"predicted {int(preds.ok.sum())} images" + (f", skipped {len(skipped)} file(s)" if skipped else "")
+          + f"; outputs in {out}/")
+    if summary:
+        print(ev.format_summary(summary))
+    else:
+        print("no annotations among the inputs: no evaluation_summary written")
+    return summary

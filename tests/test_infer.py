@@ -1,0 +1,187 @@
+"""Inference stage: geometry round trip, end-to-end CLI on tiny data, bad inputs."""
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import use_vis
+from pipeline import predict
+from pipeline.config import PreprocessConfig
+from pipeline.geometry import Geometry
+from pipeline.heatmaps import render
+from pipeline.infer import collect_inputs, ground_truth
+from tests.make4sp import write_dataset
+
+FORMAT_KEYS = ["img_size_px", "processed_samples", "samples_with_gt", "visible_keypoints_count", "mae_dx", "mae_dy",
+               "rmse_dx", "rmse_dy", "euclidean_mean", "euclidean_median", "euclidean_p95", "euclidean_rmse",
+               "pck_thresholds_px", "pck_percent"]
+SIZES = ((1920, 1080), (1080, 1920), (640, 480))
+K = 5
+
+
+def _json_pixels(path: Path, k: int):
+    data = json.loads(path.read_text())
+    px = np.full((k, 2), np.nan)
+    for e in data["visible_vertices"]:
+        px[e["index"]] = e["pixel_coordinates"]
+    return px
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("4sp") / "data", sizes=SIZES, k=K, per_size=1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_geometry():
+    return Geometry(input_size=32, heatmap_size=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, dataset):
+    """An untrained tiny network saved like train_vis.py saves one (input 32, K = 5)."""
+    from pipeline.model import ModelConfig, build_model
+    from pipeline.model_io import save_model
+
+    mcfg = ModelConfig(input_size=32, num_keypoints=K, backbone="resnet18ish", backbone_width=4,
+                       decoder_widths=(8, 8, 8, 8, 8))
+    model = build_model(mcfg, weights=None)
+    pre = asdict(PreprocessConfig(data_dir=str(dataset), img_size=32, heat_size=16))
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    save_model(model, path, {"preprocess": pre, "train": {}, "model": asdict(mcfg), "num_keypoints": K,
+                             "val_stems": ["img_0001", "img_0002"]})
+    return path
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_gt_round_trip_reproduces_json_pixels(dataset, size):
+    found = collect_inputs([dataset], K)
+    geometry = Geometry()
+    sizes = np.array([[1920, 1080], [1080, 1920], [640, 480]])  # img_0000.. in write order
+    has, px, input_px, vis = ground_truth(found.samples, sizes, geometry)
+    i = SIZES.index(size)
+    assert has[i] and vis[i].any()
+    norm = geometry.from_input(input_px[i])
+    back = geometry.from_normalised(norm, sizes[i])
+    want = _json_pixels(found.samples[i].annotation, K)
+    ok = found.samples[i].visible
+    np.testing.assert_allclose(back[ok], want[ok], atol=1e-3)
+
+
+class _Oracle:
+    """Stands in for a model: returns the ground truth of the samples in order (coords and heatmaps)."""
+
+    def __init__(self, xy, visible, heat, pad=64):
+        # Extra rows answer the zero padding of a short last batch.
+        self.xy = np.concatenate([xy, np.full((pad,) + xy.shape[1:], 0.5)])
+        self.visible = np.concatenate([visible, np.zeros((pad,) + visible.shape[1:], bool)])
+        self.heat, self.i = heat, 0
+
+    def predict_on_batch(self, x):
+        b = x.shape[0]
+        xy, vis = self.xy[self.i:self.i + b], self.visible[self.i:self.i + b]
+        self.i += b
+        return {"heatmaps": render(xy, vis, self.heat, 1.0), "coords": xy.reshape(b, -1)}
+
+
+def test_oracle_predictions_map_back_to_json_pixels(dataset, tmp_path, monkeypatch):
+    """GT normalised coords fed through the whole CLI come back as the JSON pixels (1e-3 px) and zero error."""
+    geometry = Geometry(input_size=32, heatmap_size=16)
+    found = collect_inputs([dataset], K)
+    sizes = np.array([[1920, 1080], [1080, 1920], [640, 480]])
+    _, _, input_px, vis = ground_truth(found.samples, sizes, geometry)
+    xy = np.nan_to_num(geometry.from_input(input_px), nan=0.5)
+    oracle = _Oracle(xy, vis, 16)
+    monkeypatch.setattr(predict, "load_model_and_geometry", lambda p: (oracle, {}, geometry, K))
+    out = tmp_path / "pred"
+    rc = use_vis.main(["--input", str(dataset), "--decoder", "softargmax", "--out-dir", str(out), "--no-progress",
+                       "--batch-size", "2"])
+    assert rc == 0
+    pred = json.loads((out / "predictions.json").read_text())
+    for rec, s in zip(pred["images"], found.samples):
+        want = _json_pixels(s.annotation, K)
+        got = np.array([[kp["x_orig"], kp["y_orig"]] for kp in rec["keypoints"]])
+        np.testing.assert_allclose(got[s.visible], want[s.visible], atol=1e-3)
+        gt = np.array([[kp["gt_x_orig"] or np.nan, kp["gt_y_orig"] or np.nan] for kp in rec["keypoints"]])
+        np.testing.assert_allclose(gt[s.visible], want[s.visible], atol=1e-9)
+    summary = json.loads((out / "evaluation_summary.json").read_text())
+    assert summary["euclidean_mean"] < 1e-6 and summary["original_px"]["euclidean_p95"] < 1e-3
+    assert summary["pck_percent"]["2"] == 100.0 and summary["visibility"]["f1"] == 1.0
+
+
+def test_cli_writes_every_output(dataset, tiny_model, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    (data / "Rendered_Images" / "img_9999.png").write_bytes(b"not a png")  # corrupt, no JSON
+    out = tmp_path / "pred"
+    rc = use_vis.main(["--input", str(data), "--model", str(tiny_model), "--out-dir", str(out), "--split", "all",
+                       "--no-progress"])
+    assert rc == 0
+    for name in ("predictions.json", "predictions.csv", "evaluation_summary.json", "evaluation_summary.txt",
+                 "pck_curve.png", "error_histogram.png"):
+        assert (out / name).is_file(), name
+    for sub in ("overlays", "heatmaps", "original_overlays"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == ["img_0000.png", "img_0001.png", "img_0002.png"]
+    s = json.loads((out / "evaluation_summary.json").read_text())
+    for key in FORMAT_KEYS:
+        assert key in s, key
+    assert s["img_size_px"] == 32 and s["samples_with_gt"] == 3 and s["processed_samples"] == 3
+    assert s["split"] == "all" and s["decoder"] == "peak" and s["model"] == str(tiny_model)
+    assert [f["file"] for f in s["skipped_files"]] == [str(data / "Rendered_Images" / "img_9999.png")]
+    lines = (out / "predictions.csv").read_text().splitlines()
+    assert len(lines) == 1 + 3 * K and lines[0].startswith("stem,image,index,x_orig")
+    assert "PCK @ 2 px" in capsys.readouterr().out
+
+    # A second run on two single files with one figure leaves nothing of the first behind.
+    rc = use_vis.main(["--input", str(data / "Rendered_Images" / "img_0001.png"),
+                       str(data / "Rendered_Images" / "img_0000.png"), "--model", str(tiny_model),
+                       "--out-dir", str(out), "--visualize", "1", "--no-progress", "--split", "all"])
+    assert rc == 0
+    assert [p.name for p in (out / "overlays").iterdir()] == ["img_0001.png"]
+    assert not any(p.name.startswith(".run-") for p in out.iterdir())
+
+
+def test_default_split_is_the_training_val_stems(dataset, tiny_model, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert use_vis.main(["--model", str(tiny_model), "--out-dir", str(out), "--no-progress", "--visualize", "0"]) == 0
+    s = json.loads((out / "evaluation_summary.json").read_text())
+    assert s["split"] == "val" and s["samples_with_gt"] == 2
+    assert "held-out validation split" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="training images"):
+        assert use_vis.main(["--model", str(tiny_model), "--out-dir", str(out), "--no-progress", "--split", "all",
+                             "--visualize", "0"]) == 0
+
+
+def test_images_only_folder_has_no_summary(dataset, tiny_model, tmp_path):
+    out = tmp_path / "pred"
+    assert use_vis.main(["--input", str(dataset / "Rendered_Images"), "--model", str(tiny_model), "--out-dir",
+                         str(out), "--no-progress", "--visualize", "1"]) == 0
+    assert (out / "predictions.json").is_file() and not (out / "evaluation_summary.json").exists()
+    rec = json.loads((out / "predictions.json").read_text())["images"][0]["keypoints"][0]
+    assert "gt_x_orig" not in rec and 0.0 <= rec["confidence"] <= 1.0
+
+
+def test_k_mismatch_stops_with_the_file_named(tiny_model, tmp_path, capsys):
+    data = write_dataset(tmp_path / "k7", sizes=((64, 48),), k=7, per_size=1)
+    assert use_vis.main(["--input", str(data), "--model", str(tiny_model), "--out-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "mesh_information.json" in err and "K=7" in err and "K=5" in err and "--model" in err
+    (data / "Object_Information" / "mesh_information.json").unlink()
+    with pytest.warns(UserWarning):
+        assert use_vis.main(["--input", str(data), "--model", str(tiny_model), "--out-dir", str(tmp_path / "o")]) == 2
+    assert "img_0000.json" in capsys.readouterr().err
+
+
+def test_missing_model_and_empty_folder(tiny_model, tmp_path, capsys):
+    missing = tmp_path / "nope.keras"
+    assert use_vis.main(["--input", str(tmp_path), "--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "train_vis.py" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert use_vis.main(["--input", str(empty), "--model", str(tiny_model)]) == 2
+    assert "holds no images" in capsys.readouterr().err
