@@ -114,6 +114,10 @@ class Throughput(keras.callbacks.Callback):
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
+class SimulatedInterruption(RuntimeError):
+    """Raised by :class:`StopAfterEpoch`."""
+
+
 class StopAfterEpoch(keras.callbacks.Callback):
     """Raise after epoch ``epoch`` (0-based) finished: simulates an interrupted run in tests."""
 
@@ -123,4 +127,4 @@ class StopAfterEpoch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
-            raise KeyboardInterrupt(f"StopAfterEpoch: interrupted after epoch {epoch}")
+            raise SimulatedInterruption(f"StopAfterEpoch: interrupted after epoch {epoch}")

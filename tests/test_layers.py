@@ -1,0 +1,74 @@
+"""SoftArgMax and InputNormalization: agreement with the numpy codec, gradients, config round trips."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.heatmaps import render, soft_argmax
+from pipeline.layers import CAFFE_MEAN_BGR, InputNormalization, SoftArgMax
+
+
+def _known_maps(seed=0, b=3, s=16, k=4):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0.1, 0.9, (b, k, 2))
+    vis = np.ones((b, k), bool)
+    return render(xy, vis, s, sigma=1.0), xy
+
+
+def test_softargmax_matches_numpy_reference():
+    maps, _ = _known_maps()
+    out = SoftArgMax(beta=15.0)(maps.astype(np.float32)).numpy()
+    ref = soft_argmax(maps, beta=15.0)  # (B, K, 2)
+    assert out.shape == (3, 8)
+    np.testing.assert_allclose(out.reshape(3, 4, 2), ref, atol=1e-3)
+
+
+def test_softargmax_interleaved_xy_and_pixel_centres():
+    s, k = 8, 2
+    h = np.zeros((1, s, s, k), np.float32)
+    h[0, 2, 5, 0] = 1.0  # row 2 (y), col 5 (x)
+    h[0, 6, 1, 1] = 1.0
+    out = SoftArgMax(beta=500.0)(h).numpy()[0]
+    np.testing.assert_allclose(out, [5.5 / s, 2.5 / s, 1.5 / s, 6.5 / s], atol=1e-4)
+
+
+def test_softargmax_uniform_map_is_centre():
+    out = SoftArgMax(beta=15.0)(np.zeros((2, 6, 6, 3), np.float32)).numpy()
+    np.testing.assert_allclose(out, 0.5, atol=1e-6)
+
+
+def test_softargmax_gradient_reaches_heatmap():
+    maps, _ = _known_maps()
+    h = tf.Variable(maps.astype(np.float32))
+    layer = SoftArgMax(beta=15.0)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(h) * tf.reshape(tf.range(24, dtype=tf.float32), (3, 8)))
+    g = tape.gradient(loss, h).numpy()
+    assert np.isfinite(g).all() and np.abs(g).max() > 0
+
+
+def test_softargmax_config_round_trip_and_shape():
+    layer = SoftArgMax(beta=7.5, name="sa")
+    clone = SoftArgMax.from_config(layer.get_config())
+    assert clone.beta == 7.5 and clone.name == "sa"
+    assert layer.compute_output_shape((None, 16, 16, 5)) == (None, 10)
+    with pytest.raises(ValueError, match="beta"):
+        SoftArgMax(beta=0)
+
+
+def test_input_normalization_caffe():
+    rgb = np.array([[[[10.0, 20.0, 30.0]]]], np.float32)
+    out = InputNormalization("caffe")(rgb).numpy()[0, 0, 0]
+    np.testing.assert_allclose(out, [30 - CAFFE_MEAN_BGR[0], 20 - CAFFE_MEAN_BGR[1], 10 - CAFFE_MEAN_BGR[2]], atol=1e-4)
+    u8 = np.array([[[[10, 20, 30]]]], np.uint8)
+    np.testing.assert_allclose(InputNormalization("caffe")(u8).numpy()[0, 0, 0], out, atol=1e-4)
+
+
+def test_input_normalization_config_round_trip():
+    layer = InputNormalization("tf", name="norm")
+    clone = InputNormalization.from_config(layer.get_config())
+    assert clone.mode == "tf"
+    np.testing.assert_allclose(clone(np.full((1, 1, 1, 3), 255.0, np.float32)).numpy(), 1.0)
+    assert layer.compute_output_shape((None, 8, 8, 3)) == (None, 8, 8, 3)
+    with pytest.raises(ValueError, match="mode"):
+        InputNormalization("torch")

@@ -1,0 +1,88 @@
+"""Model construction, heatmap-size checks, backbone weight resolution and .keras round trips."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import model as model_mod
+from pipeline.model import ModelConfig, build_model, check_heatmap_size, resolve_weights
+from pipeline.model_io import load_model, save_model, sidecar_path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(backbone="resnet18ish", backbone_width=8, decoder_widths=(16, 16, 8, 8, 8))
+
+
+@pytest.mark.parametrize("size,k", [(32, 3), (64, 11), (96, 8)])
+def test_tiny_model_shapes(size, k):
+    m = build_model(ModelConfig(input_size=size, num_keypoints=k, **TINY))
+    out = m(np.zeros((2, size, size, 3), np.float32))
+    assert set(out) == {"heatmaps", "coords"}
+    assert out["heatmaps"].shape == (2, size // 2, size // 2, k)
+    assert out["coords"].shape == (2, 2 * k)
+    hm = np.asarray(out["heatmaps"])
+    assert hm.min() >= 0 and hm.max() <= 1
+
+
+def test_resnet50_seed001_architecture_builds_with_taps():
+    m = build_model(ModelConfig(input_size=64, num_keypoints=5))
+    bb = m.get_layer("backbone")
+    assert [t.shape[1] for t in bb.outputs] == [32, 16, 8, 4, 2]
+    assert m.get_layer("decoder4_c2_conv").filters == 64
+    assert m.get_layer("bottleneck_conv").filters == 1024
+    assert m.outputs[0].shape[1:] == (32, 32, 5) or m.outputs[1].shape[1:] == (32, 32, 5)
+
+
+def test_config_validation_and_heat_size_mismatch():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ModelConfig(input_size=100)
+    with pytest.raises(ValueError, match="decoder_widths"):
+        ModelConfig(decoder_widths=(8, 8))
+    with pytest.raises(ValueError, match="heat_size=32"):
+        check_heatmap_size(ModelConfig(input_size=128), 32)
+
+
+def test_weights_none_path_and_offline_imagenet(tmp_path, monkeypatch):
+    cfg = ModelConfig()
+    assert resolve_weights(cfg, "none")[0] is None
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve_weights(cfg, str(tmp_path / "missing.h5"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / ".keras"))
+    monkeypatch.setattr(model_mod, "_online", lambda timeout=3.0: False)
+    with pytest.raises(RuntimeError, match="--weights none"):
+        resolve_weights(cfg, "imagenet")
+    with pytest.warns(UserWarning, match="from scratch"):
+        assert resolve_weights(cfg, "auto")[0] is None
+
+
+def test_save_load_round_trip_in_fresh_process(tmp_path):
+    cfg = ModelConfig(input_size=32, num_keypoints=3, **TINY)
+    m = build_model(cfg)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    ref = m.predict(x, verbose=0)
+    path = save_model(m, tmp_path / "m.keras", {"num_keypoints": 3, "model": {"input_size": 32}})
+    assert path.is_file() and sidecar_path(path).is_file()
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import sys, numpy as np, keras; sys.path.insert(0, sys.argv[1]); import pipeline.model; "
+        "m = keras.saving.load_model(sys.argv[2]); "
+        "out = m.predict(np.load(sys.argv[3]), verbose=0); "
+        "np.savez(sys.argv[4], **{k: np.asarray(v) for k, v in out.items()})"
+    )
+    subprocess.run([sys.executable, "-c", code, str(ROOT), str(path), str(tmp_path / "x.npy"),
+                    str(tmp_path / "out.npz")], check=True, capture_output=True, timeout=240)
+    got = np.load(tmp_path / "out.npz")
+    np.testing.assert_array_equal(got["coords"], ref["coords"])
+    np.testing.assert_array_equal(got["heatmaps"], ref["heatmaps"])
+    m2, meta = load_model(path)
+    assert meta["num_keypoints"] == 3
+    np.testing.assert_allclose(m2.predict(x, verbose=0)["coords"], ref["coords"], atol=1e-6)
+
+
+def test_load_model_missing_file_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_vis.py"):
+        load_model(tmp_path / "nope.keras")

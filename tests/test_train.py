@@ -1,0 +1,112 @@
+"""End-to-end training on fake data: outputs, loss decrease, resume after interruption, clear errors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import train_vis
+from pipeline import model as model_mod
+from pipeline.callbacks import SimulatedInterruption, StopAfterEpoch
+from pipeline.input_data import make_dataset, split_indices
+from pipeline.arrays import load_dataset
+from pipeline.model_io import load_model
+from pipeline.train import train
+from pipeline.training_config import PRESETS, parse_train_config
+from tests.fakedata import make_fake_dataset
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_fake_dataset(tmp_path_factory.mktemp("fake"), n=48, k=3, img_size=32)
+
+
+def _args(data_dir, tmp_path, run, *extra):
+    return ["--preset", "tiny", "--data-dir", str(data_dir), "--log-dir", str(tmp_path / "logs"), "--run-name", run,
+            "--model-out", str(tmp_path / "model.keras"), "--image-every", "1", *extra]
+
+
+def _csv_epochs(path):
+    with open(path) as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f)]
+
+
+def test_tiny_training_writes_everything_and_learns(data_dir, tmp_path):
+    summary = train_vis.main(_args(data_dir, tmp_path, "r1", "--epochs", "4", "--learning-rate", "3e-3"))
+    run = tmp_path / "logs" / "r1"
+    for name in ("config.json", "split.json", "history.csv", "best_model.keras", "best_model.json", "summary.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert list((run / "tensorboard" / "images").glob("events.out.tfevents.*"))
+    assert (tmp_path / "model.keras").is_file() and (tmp_path / "model.json").is_file()
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert "val_coords_px_error" in rows[0] and "learning_rate" in rows[0]
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["backbone"] == "resnet18ish" and cfg["num_keypoints"] == 3
+    model, meta = load_model(tmp_path / "model.keras")
+    split = json.loads((run / "split.json").read_text())
+    assert meta["val_stems"] == split["val_stems"] and len(split["val_stems"]) == 7
+    assert meta["preprocess"]["heat_size"] == 16
+    assert np.isfinite(summary["train_images_per_second"])
+
+
+def test_interrupted_run_resumes(data_dir, tmp_path):
+    cfg = parse_train_config(_args(data_dir, tmp_path, "resume", "--epochs", "3", "--image-every", "0"))
+    with pytest.raises(SimulatedInterruption):
+        train(cfg, extra_callbacks=[StopAfterEpoch(1)])
+    run = tmp_path / "logs" / "resume"
+    assert _csv_epochs(run / "history.csv") == [0, 1]
+    assert (run / "backup" / "phase1").is_dir()
+    train_vis.main(_args(data_dir, tmp_path, "resume", "--epochs", "3", "--image-every", "0"))
+    assert _csv_epochs(run / "history.csv") == [0, 1, 2]
+    assert not (run / "backup" / "phase1").exists()
+
+
+def test_presets_and_config_file_precedence(tmp_path):
+    assert parse_train_config([]).batch_size == 128  # paper = seed 001
+    paper = parse_train_config(["--preset", "paper"])
+    assert (paper.backbone, paper.decoder_widths, paper.epochs, paper.learning_rate) == (
+        "resnet50", (1024, 512, 256, 128, 64), 20, 5e-4)
+    assert (paper.fine_tune_lr, paper.val_split, paper.lambda_coords, paper.beta) == (2e-6, 0.15, 5.0, 15.0)
+    assert (paper.focal_alpha, paper.focal_gamma, paper.lr_factor, paper.lr_patience) == (0.25, 2.0, 0.8, 10)
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 7\nbatch_size: 4\ndecoder_widths: [8, 8, 8, 8, 8]\n")
+    cfg = parse_train_config(["--preset", "tiny", "--config", str(f), "--epochs", "9"])
+    assert (cfg.epochs, cfg.batch_size, cfg.decoder_widths, cfg.backbone) == (9, 4, (8,) * 5, "resnet18ish")
+    f.write_text("epochz: 3\n")
+    with pytest.raises(ValueError, match="epochz"):
+        parse_train_config(["--config", str(f)])
+    assert set(PRESETS) == {"paper", "cpu", "tiny"}
+
+
+def test_clear_errors(data_dir, tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="preprocess_vis.py"):
+        train_vis.main(_args(tmp_path / "empty", tmp_path, "e1"))
+    with pytest.raises(ValueError, match="batch_size=64 is larger"):
+        train_vis.main(_args(data_dir, tmp_path, "e2", "--batch-size", "64"))
+    odd = make_fake_dataset(tmp_path / "odd", n=12, k=3, img_size=32, heat_size=8, with_heatmaps=False)
+    with pytest.raises(ValueError, match="heat_size=8"):
+        train_vis.main(_args(odd, tmp_path, "e3"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / ".keras"))
+    monkeypatch.setattr(model_mod, "_online", lambda timeout=3.0: False)
+    with pytest.raises(RuntimeError, match="--weights none"):
+        train_vis.main(_args(data_dir, tmp_path, "e4", "--backbone", "resnet50", "--weights", "imagenet"))
+
+
+def test_input_pipeline_batches_and_targets(data_dir):
+    ds = load_dataset(data_dir)
+    tr, va = split_indices(len(ds), 0.15, 1)
+    assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(ds)
+    np.testing.assert_array_equal(split_indices(len(ds), 0.15, 1)[1], va)
+    data = make_dataset(ds, va, 4, False, sigma=1.5, heat_size=16)
+    x, y = next(iter(data))
+    assert x.shape == (4, 32, 32, 3) and y["heatmaps"].shape == (4, 16, 16, 3)
+    np.testing.assert_allclose(y["coords"].numpy(), ds.coords[va[:4]])
+    np.testing.assert_allclose(y["heatmaps"].numpy(), ds.heatmaps[va[:4]].astype(np.float32), atol=2e-3)
+    stored = make_dataset(ds, va, 4, False, sigma=1.5, heat_size=16, stored_heatmaps=True)
+    np.testing.assert_allclose(next(iter(stored))[1]["heatmaps"].numpy(), y["heatmaps"].numpy(), atol=2e-3)
