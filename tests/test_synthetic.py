@@ -296,3 +296,26 @@ def test_visibility_matches_ray_casting():
             total += 1
             agree += (k in vis) == _ray_visible(p, tris, front, k)
     assert agree >= total - 2  # at most a couple of sub-pixel edge cases may differ
+
+
+def test_png_encoder_roundtrip():
+    import io
+
+    from PIL import Image
+
+    from pipeline.synthetic.png import encode_png
+    img = np.random.default_rng(0).integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    back = np.asarray(Image.open(io.BytesIO(encode_png(img))).convert("RGB"))
+    assert np.array_equal(back, img)
+
+
+def test_full_size_default_and_contact_sheet(small_ds, tmp_path):
+    from PIL import Image
+
+    from pipeline.synthetic.contact_sheet import contact_sheet
+    img, ann, mask = render_sample(builtin_mesh(), 0, seed=1)
+    assert img.shape == (1080, 1920, 3) and mask.shape == (1080, 1920) and mask.any()
+    assert ann["camera"]["cx"] == 960.0 and ann["camera"]["cy"] == 540.0
+    assert img[mask].mean() != img[~mask].mean()
+    out = contact_sheet(small_ds, tmp_path / "sheet.png", n=4, cols=2, tile=160)
+    assert Image.open(out).size[0] == 2 * 160 + 4

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import numbers
 import os
 import sys
 import time
@@ -73,8 +74,9 @@ def generate_dataset(out_dir: Union[str, Path], count: int, seed: int = 0,
     mesh: 'spacecraft', 'cuboid', a .json / .obj path, or a Mesh. workers: process
     count (default os.cpu_count(); 1 = in-process). background: mixed|black|stars|earth.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count <= 0:
         raise ValueError(f"count must be a positive integer, got {count!r}")
+    count = int(count)
     if int(width) < 16 or int(height) < 16:
         raise ValueError(f"image size must be at least 16x16, got {width}x{height}")
     if background != "mixed" and background not in KINDS:
@@ -97,7 +99,8 @@ def generate_dataset(out_dir: Union[str, Path], count: int, seed: int = 0,
                 _render_one(i)
                 bar.update()
         else:
-            ctx = mp.get_context("spawn")  # safe even if the caller imported TensorFlow
+            # fork is cheapest, but unsafe once TensorFlow (threads) lives in this process
+            ctx = mp.get_context("spawn" if "tensorflow" in sys.modules or os.name == "nt" else "fork")
             with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
                 for _ in pool.imap_unordered(_render_one, range(count), chunksize=1):
                     bar.update()
