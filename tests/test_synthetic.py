@@ -248,6 +248,8 @@ def test_bad_arguments(tmp_path, capsys):
             generate_dataset(tmp_path / "e", count)
     with pytest.raises(ValueError, match="background"):
         generate_dataset(tmp_path / "e", 1, background="moon")
+    with pytest.raises(ValueError, match="seed"):
+        generate_dataset(tmp_path / "e", 1, seed=-1)
     with pytest.raises(ValueError, match="workers"):
         generate_dataset(tmp_path / "e", 1, workers=0)
     assert cli_main(["--out", str(tmp_path / "f"), "--count", "1", "--mesh", "nope.obj"]) == 2

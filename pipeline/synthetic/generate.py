@@ -77,6 +77,8 @@ def generate_dataset(out_dir: Union[str, Path], count: int, seed: int = 0,
     if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count <= 0:
         raise ValueError(f"count must be a positive integer, got {count!r}")
     count = int(count)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if int(width) < 16 or int(height) < 16:
         raise ValueError(f"image size must be at least 16x16, got {width}x{height}")
     if background != "mixed" and background not in KINDS:
