@@ -33,6 +33,9 @@ def test_layout_and_no_tmp_files(small_ds):
         assert f"JSON_Data_REF/img_{i:06d}.json" in names
     assert "Object_Information/mesh_information.json" in names
     assert not [n for n in names if n.endswith(".tmp")]
+    (small_ds / "Rendered_Images" / "img_000009.png.tmp").write_bytes(b"half")
+    generate_dataset(small_ds, 6, seed=3, width=W, height=H, workers=1, progress=False)
+    assert not list(small_ds.rglob("*.tmp"))
     info = json.loads((small_ds / "Object_Information/mesh_information.json").read_text())
     assert info["total_vertices"] == 11 == len(info["vertices"]) == len(info["vertex_connectivity"])
     assert info["total_faces"] == len(info["face_composition"])

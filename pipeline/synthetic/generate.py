@@ -90,6 +90,8 @@ def generate_dataset(out_dir: Union[str, Path], count: int, seed: int = 0,
     out = Path(out_dir)
     for sub in (IMAGES_DIR, JSON_DIR, INFO_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
+        for stale in (out / sub).glob("*.tmp"):  # debris of an interrupted earlier run
+            stale.unlink()
     atomic_write_json(out / INFO_DIR / MESH_FILE, mesh_obj.info())
     args = (mesh_obj, str(out), int(seed), int(width), int(height), background)
     workers = min(workers, count)

@@ -62,7 +62,7 @@ class Mesh:
         return {str(i): sorted(nb[i]) for i in range(self.num_vertices)}
 
     def triangles(self) -> Tuple[np.ndarray, np.ndarray]:
-        """Fan-triangulate the polygons -> (tris (T, 3) int, tri_face (T,) int)."""
+        """Fan-triangulate the (convex, planar) polygons -> (tris (T, 3), tri_face (T,)) int arrays."""
         tris, owner = [], []
         for fi, f in enumerate(self.faces):
             for j in range(1, len(f) - 1):
