@@ -96,7 +96,8 @@ def test_visible_vertices_lie_on_object_pixels():
             _check_annotation(ann, mesh, W, H)
             for r in ann["visible_vertices"]:
                 c, rr = (int(np.floor(x)) for x in r["pixel_coordinates"])
-                assert mask[max(rr - 1, 0):rr + 2, max(c - 1, 0):c + 2].any(), (name, i, r)
+                # within 2 px: the tip of a thin spike can cover less than half of its own pixel
+                assert mask[max(rr - 2, 0):rr + 3, max(c - 2, 0):c + 3].any(), (name, i, r)
                 n_vis += 1
         assert n_vis > 25 * 3
 

@@ -62,22 +62,26 @@ def image_rng(seed: int, index: int) -> np.random.Generator:
 def sample_scene(mesh: Mesh, cam: Camera, rng: np.random.Generator,
                  background: str = "mixed") -> Scene:
     """Uniform SO(3) rotation; distance such that the rotated object's larger image-plane
-    extent is 20-60 % of the frame height; centre in frame, ~15 % of the time pushed
-    over an edge so that some vertices fall outside the view."""
+    extent is 25-70 % of the frame height; placement like a 4SP render that stage 2 centre-crops:
+    85 % near the frame centre (Gaussian jitter, sd 6 % of the height), 10 % shifted by 30-50 % of
+    the height (keypoints leave a centre crop), 5 % pushed over a frame edge ("Outside view")."""
     R = quat_to_matrix(random_quaternion(rng))
     rot = mesh.vertices @ R.T
     extent = max(np.ptp(rot[:, 0]), np.ptp(rot[:, 1]))
-    dist = cam.fy * extent / (rng.uniform(0.2, 0.6) * cam.height)
+    dist = cam.fy * extent / (rng.uniform(0.25, 0.7) * cam.height)
     dist = max(dist, 1.5 * mesh.radius())  # keep the camera well outside the object
     half_px = cam.fy * np.abs(rot[:, :2]).max() / (dist - mesh.radius())
     W, H = cam.width, cam.height
-
-    def coord(size):
-        lo, hi = min(half_px, size / 2), max(size - half_px, size / 2)
-        return rng.uniform(lo, hi)
-
-    uc, vc = coord(W), coord(H)
-    if rng.random() < 0.15:  # partly outside the frame
+    mode = rng.random()
+    if mode < 0.85:
+        du, dv = np.clip(rng.normal(0, 0.06 * H, 2), -0.2 * H, 0.2 * H)
+        uc, vc = W / 2 + du, H / 2 + dv
+    elif mode < 0.95:
+        angle = rng.uniform(0, 2 * np.pi)
+        r = rng.uniform(0.3, 0.5) * H
+        uc, vc = W / 2 + r * np.cos(angle), H / 2 + r * np.sin(angle)
+    else:  # partly outside the frame
+        uc, vc = rng.uniform(half_px, max(W - half_px, half_px + 1)), rng.uniform(0, H)
         edge_pos = rng.uniform(-0.2, 0.6) * half_px
         side = rng.integers(4)
         if side == 0:
