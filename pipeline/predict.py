@@ -211,14 +211,16 @@ def _write_csv(path: Path, rows) -> None:
 
 
 def _figures(tmp: Path, samples, r: dict, preds, cfg: InferConfig, edges, progress: bool) -> None:
+    """Overlays, heatmap grids and original overlays of the first images, drawn by a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     n_fig = min(cfg.num_figures(len(samples)), len(preds.inputs))
     for name in ("overlays", "heatmaps", "original_overlays"):
         (tmp / name).mkdir()
-    for i in tqdm(range(n_fig), desc="figures", unit="img", disable=not progress):
-        if not preds.ok[i]:
-            continue
+
+    def draw(i):
         s = samples[i]
         gt_in = r["gt_in"][i] if r["has_gt"][i] else None
         gt_orig = r["gt_orig"][i] if r["has_gt"][i] else None
@@ -230,10 +232,16 @@ def _figures(tmp: Path, samples, r: dict, preds, cfg: InferConfig, edges, progre
         try:
             img = open_image(s.image)
         except ImageError:
-            continue
+            return
         vis.original_overlay(img, r["pred_orig"][i], r["boxes"][i], gt_orig, r["gt_vis"][i], r["pred_vis"][i],
                              edges=edges, title=f"{title}  {img.width}x{img.height}"
                              ).save(tmp / "original_overlays" / f"{s.stem}.png", compress_level=1)
+
+    todo = [i for i in range(n_fig) if preds.ok[i]]
+    vis.plot_setup()  # pyplot state is not thread-safe: import it here, before the pool
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for _ in tqdm(pool.map(draw, todo), total=len(todo), desc="figures", unit="img", disable=not progress):
+            pass
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

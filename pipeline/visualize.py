@@ -153,12 +153,26 @@ def original_overlay(img: Image.Image, pred_px, crop_box, gt_px=None, gt_visible
     return _stack(strip, drawn)
 
 
+_LUT = None
+
+
+def plot_setup() -> None:
+    """Select the Agg backend and build the heatmap colour table once (call before using threads)."""
+    global _LUT
+    import matplotlib
+
+    matplotlib.use("Agg")
+    if _LUT is None:
+        from matplotlib import colormaps
+
+        _LUT = (colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+
+
 def _colormap(values: np.ndarray) -> np.ndarray:
     """[0, 1] floats -> (..., 3) uint8 with matplotlib's 'magma' lookup table (no figure involved)."""
-    from matplotlib import colormaps
-
-    lut = (colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-    return lut[np.clip(np.asarray(values) * 255, 0, 255).astype(np.int64)]
+    if _LUT is None:
+        plot_setup()
+    return _LUT[np.clip(np.asarray(values, np.float32) * 255, 0, 255).astype(np.int64)]
 
 
 def heatmap_grid(x, heatmaps, pred_px=None, confidence=None, *, tile: int = 160, title: str = "") -> Image.Image:
