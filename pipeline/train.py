@@ -197,3 +197,31 @@ def measure_throughput(model_cfg: ModelConfig, batch_size: int = 16, steps: int 
         return steps * batch_size / (time.perf_counter() - t)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def _benchmark_main(argv=None) -> None:
+    """``python -m pipeline.train --preset paper --precision float32 mixed_bfloat16 --batch-size 16``"""
+    import argparse
+    import json
+
+    from pipeline.training_config import PRESETS
+
+    p = argparse.ArgumentParser(description="Training throughput (images/s) of a preset's architecture on random data.")
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    p.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--input-size", type=int, default=128)
+    p.add_argument("--keypoints", type=int, default=11)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--jit", action="store_true")
+    p.add_argument("--frozen", action="store_true", help="Freeze the backbone (phase 1 with pretrained weights).")
+    a = p.parse_args(argv)
+    cfg = TrainConfig(**PRESETS[a.preset]).model_config(a.input_size, a.keypoints)
+    for prec in a.precision:
+        ips = measure_throughput(cfg, a.batch_size, a.steps, precision=prec, jit=a.jit, frozen_backbone=a.frozen)
+        print(json.dumps({"preset": a.preset, "precision": prec, "batch_size": a.batch_size, "jit": a.jit,
+                          "frozen": a.frozen, "images_per_s": round(ips, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    _benchmark_main()

@@ -54,6 +54,7 @@ def test_tiny_training_writes_everything_and_learns(data_dir, tmp_path):
     assert np.isfinite(summary["train_images_per_second"])
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes(data_dir, tmp_path):
     cfg = parse_train_config(_args(data_dir, tmp_path, "resume", "--epochs", "3", "--image-every", "0"))
     with pytest.raises(SimulatedInterruption):
