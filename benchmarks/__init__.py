@@ -1,0 +1,5 @@
+"""Benchmark suite: speed, memory and accuracy of the pipeline against naive seed-001-style baselines.
+
+Run ``python -m benchmarks`` (full) or ``python -m benchmarks --quick`` (seconds, a smoke run).
+Each workload runs in its own child process so its peak RSS is its own.
+"""

@@ -1,0 +1,162 @@
+"""``python -m benchmarks [--quick] [--only preprocess train infer memory accuracy]``.
+
+Writes ``benchmarks/results/<machine>-<date>.json`` and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import tempfile
+from pathlib import Path
+
+from benchmarks import machine
+from benchmarks.child import run_child
+
+SECTIONS = ("preprocess", "train", "infer", "memory", "accuracy")
+
+# (full, quick) sizes of each workload
+SIZES = {
+    "preprocess_images": (1000, 12),
+    "train_steps": (12, 2),
+    "infer_images": (256, 8),
+    "memory_n": ((1000, 20000), (200, 400)),
+}
+
+
+def _generate(out: Path, count: int, quick: bool) -> Path:
+    if not (out / "Object_Information").is_dir():
+        from pipeline.synthetic import generate_dataset
+
+        size = {"width": 480, "height": 270} if quick else {}
+        generate_dataset(out, count=count, seed=100, progress=False, **size)
+    return out
+
+
+def bench_preprocess(work: Path, quick: bool) -> dict:
+    data = _generate(work / "renders", SIZES["preprocess_images"][quick], quick)
+    ours = run_child("benchmarks.preprocess_bench", "run_pipeline", data_dir=str(data), out_dir=str(work / "pp"))
+    naive = run_child("benchmarks.preprocess_bench", "run_naive", data_dir=str(data), out_dir=str(work / "naive"))
+    return {"pipeline": ours, "naive": naive, "speedup": ours["images_per_s"] / naive["images_per_s"]}
+
+
+def bench_train(work: Path, quick: bool) -> dict:
+    steps = SIZES["train_steps"][quick]
+    preset = "tiny" if quick else "paper"
+    rows = {"naive_f32_b16": run_child("benchmarks.train_bench", "run_naive", preset=preset, batch=16, steps=steps)}
+    for precision in ("float32", "auto"):
+        rows[f"pipeline_{precision}_b16"] = run_child("benchmarks.train_bench", "run_pipeline", preset=preset,
+                                                      batch=16, precision=precision, steps=steps)
+    if not quick:
+        rows["pipeline_auto_b64"] = run_child("benchmarks.train_bench", "run_pipeline", preset=preset, batch=64,
+                                              precision="auto", steps=max(steps // 2, 4))
+        rows["naive_f32_b64"] = run_child("benchmarks.train_bench", "run_naive", preset=preset, batch=64,
+                                          steps=max(steps // 2, 4))
+    rows["pipeline_cpu_preset_b16"] = run_child("benchmarks.train_bench", "run_pipeline", preset="cpu", batch=16,
+                                                precision="auto", steps=steps)
+    best = max(v["images_per_s"] for k, v in rows.items() if k.startswith("pipeline_") and "cpu_preset" not in k)
+    return {"rows": rows, "speedup_best_vs_naive_b16": best / rows["naive_f32_b16"]["images_per_s"]}
+
+
+def bench_infer(work: Path, quick: bool) -> dict:
+    data = _generate(work / "renders", SIZES["preprocess_images"][quick], quick)
+    preset = "tiny" if quick else "paper"
+    ours = run_child("benchmarks.infer_bench", "run_pipeline", data_dir=str(data), preset=preset,
+                     limit=SIZES["infer_images"][quick])
+    naive = run_child("benchmarks.infer_bench", "run_naive", data_dir=str(data), preset=preset,
+                      limit=min(64, SIZES["infer_images"][quick]))
+    return {"pipeline": ours, "naive": naive, "speedup_b32": ours["e2e_b32_images_per_s"] / naive["e2e_images_per_s"]}
+
+
+def bench_memory(work: Path, quick: bool) -> dict:
+    rows = [run_child("benchmarks.arrays_bench", "run_epoch_memory", n=n, preset="cpu" if not quick else "tiny")
+            for n in SIZES["memory_n"][quick]]
+    return {"rows": rows, "anon_growth": rows[-1]["peak_anon_mb"] / rows[0]["peak_anon_mb"]}
+
+
+def bench_accuracy(work: Path, quick: bool) -> dict:
+    from benchmarks.accuracy_bench import run
+
+    return run(str(work / "accuracy"), "quick" if quick else "full")
+
+
+def table(results: dict) -> str:
+    info = results["machine"]
+    lines = [f"Machine: {info['cpu']}, {info['cores']} cores, GPU: {info['gpu']}, bf16 CPU: {info['cpu_bf16']}, "
+             f"TensorFlow {info['tensorflow']} ({results['date']}{', quick' if results['quick'] else ''})", "",
+             "| benchmark | pipeline | naive baseline | ratio |", "| --- | --- | --- | --- |"]
+    p = results.get("preprocess")
+    if p:
+        lines.append(f"| preprocess images/s | {p['pipeline']['images_per_s']:.1f} | {p['naive']['images_per_s']:.1f} "
+                     f"| {p['speedup']:.1f}x |")
+        lines.append(f"| preprocess peak RSS / anon MB | {p['pipeline']['peak_rss_mb']:.0f} / "
+                     f"{p['pipeline']['peak_anon_mb']:.0f} | {p['naive']['peak_rss_mb']:.0f} / "
+                     f"{p['naive']['peak_anon_mb']:.0f} | |")
+    t = results.get("train")
+    if t:
+        naive = t["rows"]["naive_f32_b16"]["images_per_s"]
+        for name, row in t["rows"].items():
+            if name.startswith("pipeline"):
+                ratio = f"{row['images_per_s'] / naive:.2f}x" if "cpu_preset" not in name else ""
+                lines.append(f"| train {row['preset']} b{row['batch']} {row['precision']} images/s | "
+                             f"{row['images_per_s']:.1f} | {naive:.1f} (b16 f32) | {ratio} |")
+        if "naive_f32_b64" in t["rows"]:
+            lines.append(f"| train naive b64 f32 images/s | | {t['rows']['naive_f32_b64']['images_per_s']:.1f} | |")
+    i = results.get("infer")
+    if i:
+        o, nv = i["pipeline"], i["naive"]
+        lines.append(f"| inference e2e b32 images/s | {o['e2e_b32_images_per_s']:.1f} | {nv['e2e_images_per_s']:.1f} "
+                     f"| {i['speedup_b32']:.1f}x |")
+        lines.append(f"| inference e2e b1 latency median / p95 ms | {o['e2e_b1_latency_ms_median']:.0f} / "
+                     f"{o['e2e_b1_latency_ms_p95']:.0f} | {nv['e2e_b1_latency_ms_median']:.0f} / "
+                     f"{nv['e2e_b1_latency_ms_p95']:.0f} | |")
+        lines.append(f"| inference model-only b32 / b1 images/s | {o['model_b32_images_per_s']:.1f} / "
+                     f"{o['model_b1_images_per_s']:.1f} | | |")
+    m = results.get("memory")
+    if m:
+        for row in m["rows"]:
+            lines.append(f"| training epoch N={row['n']}: peak anon / RSS MB | {row['peak_anon_mb']:.0f} / "
+                         f"{row['peak_rss_mb']:.0f} | | |")
+    a = results.get("accuracy")
+    if a:
+        s = a["summary"]
+        pck = s["pck_percent"]
+        lines += ["", f"Accuracy (recipe {a['recipe']}: preset {a['preset']}, {a['train_count']} train / "
+                      f"{a['test_count']} held-out renders, training {a['train_s'] / 60:.1f} min):", "",
+                  "| metric | value |", "| --- | --- |",
+                  f"| MAE (dx, dy) px | ({s['mae_dx']:.3f}, {s['mae_dy']:.3f}) |",
+                  f"| RMSE (dx, dy) px | ({s['rmse_dx']:.3f}, {s['rmse_dy']:.3f}) |",
+                  f"| Euclidean mean / median / P95 px | {s['euclidean_mean']:.3f} / {s['euclidean_median']:.3f} / "
+                  f"{s['euclidean_p95']:.3f} |",
+                  f"| PCK 2 / 5 / 10 px | {pck['2']:.2f} / {pck['5']:.2f} / {pck['10']:.2f} % |",
+                  f"| visible keypoints evaluated | {s['visible_keypoints_count']} |",
+                  f"| time to val PCK@2px >= 95 % | {a['time_to_val_pck2_95']} (epoch, s) |"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke run of every section.")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="Sections to run.")
+    parser.add_argument("--work-dir", default="", help="Scratch folder (default: a temporary one).")
+    parser.add_argument("--out", default="benchmarks/results", help="Folder of the results JSON.")
+    args = parser.parse_args(argv)
+    info = machine.describe()
+    results = {"machine": info, "date": datetime.date.today().isoformat(), "quick": args.quick}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work_dir or tmp)
+        for section in args.only:
+            print(f"[benchmarks] {section} ...", flush=True)
+            results[section] = globals()[f"bench_{section}"](work, args.quick)
+    out = Path(args.out) / f"{machine.slug(info)}-{results['date']}{'-quick' if args.quick else ''}.json"
+    from pipeline.arrays import write_json
+
+    write_json(out, results)
+    print(table(results))
+    print(f"\nresults: {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The built-in accuracy benchmark: a fixed recipe run through the project's own scripts.
+
+Recipe: generate a training set and a separate held-out test set (different seeds), preprocess
+the training set, train with a preset, evaluate on the held-out set with use_vis.py. Reports every
+evaluation_summary figure and the wall-clock time to first reach val PCK@2px >= 95 %.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RECIPES = {
+    "full": {"train_count": 1500, "test_count": 300, "train_seed": 1000, "test_seed": 2000, "preset": "cpu",
+             "extra": []},
+    "quick": {"train_count": 24, "test_count": 8, "train_seed": 1000, "test_seed": 2000, "preset": "tiny",
+              "extra": ["--epochs", "1"], "size": ["--width", "480", "--height", "270"]},
+}
+
+
+def _run(cmd, log):
+    t = time.perf_counter()
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(map(str, cmd)) + "\n")
+        f.flush()
+        subprocess.run([str(c) for c in cmd], check=True, stdout=f, stderr=subprocess.STDOUT)
+    return time.perf_counter() - t
+
+
+def first_epoch_reaching(history_csv: Path, column: str, threshold: float):
+    """(epoch, seconds since training start) of the first row with ``column >= threshold``."""
+    if not history_csv.is_file():
+        return None
+    with open(history_csv) as f:
+        for row in csv.DictReader(f):
+            if column in row and row[column] and float(row[column]) >= threshold:
+                return int(row["epoch"]), float(row.get("elapsed_s") or "nan")
+    return None
+
+
+def run(work_dir: str, recipe: str = "full") -> dict:
+    r = RECIPES[recipe]
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "accuracy_bench.log"
+    py = sys.executable
+    size = r.get("size", [])
+    times = {}
+    if not (work / "train" / "Object_Information").is_dir():
+        times["generate_train_s"] = _run([py, "-m", "pipeline.synthetic", "--out", work / "train", "--count",
+                                          r["train_count"], "--seed", r["train_seed"], "--no-progress", *size], log)
+    if not (work / "test" / "Object_Information").is_dir():
+        times["generate_test_s"] = _run([py, "-m", "pipeline.synthetic", "--out", work / "test", "--count",
+                                         r["test_count"], "--seed", r["test_seed"], "--no-progress", *size], log)
+    times["preprocess_s"] = _run([py, "preprocess_vis.py", "--data-dir", work / "train", "--out-dir", work / "arrays",
+                                  "--quiet", "--sanity-grid", ""], log)
+    model = work / "model.keras"
+    times["train_s"] = _run([py, "train_vis.py", "--preset", r["preset"], "--data-dir", work / "arrays",
+                             "--log-dir", work / "logs", "--run-name", "bench", "--model-out", model,
+                             "--verbose", "2", *r["extra"]], log)
+    times["evaluate_s"] = _run([py, "use_vis.py", "--model", model, "--input", work / "test",
+                                "--out-dir", work / "predictions", "--visualize", "4", "--no-progress"], log)
+    summary = json.loads((work / "predictions" / "evaluation_summary.json").read_text())
+    reach = first_epoch_reaching(work / "logs" / "bench" / "history.csv", "val_coords_pck_2px", 0.95)
+    return {"recipe": recipe, **{k: v for k, v in r.items() if k != "extra"}, **times,
+            "time_to_val_pck2_95": reach, "summary": summary}

@@ -1,0 +1,63 @@
+"""What machine a figure was measured on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().replace("\n", ", ") if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def describe() -> dict:
+    import numpy as np
+
+    try:
+        import tensorflow as tf
+
+        tf_version = tf.__version__
+    except ImportError:  # pragma: no cover
+        tf_version = "absent"
+    flags = cpu_flags()
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "cpu_avx512": "avx512f" in flags,
+        "gpu": gpu_name() or "none",
+        "tensorflow": tf_version,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def slug(info: dict) -> str:
+    name = info["gpu"] if info["gpu"] != "none" else info["cpu"]
+    return "".join(c if c.isalnum() else "-" for c in f"{name}-{info['cores']}c").strip("-").lower()
