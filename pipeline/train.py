@@ -142,8 +142,7 @@ def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
             model.save_weights(phase1_marker)
 
     if cfg.fine_tune:
-        if phase1_marker.is_file() and not history:
-            set_backbone_trainable(model, not pretrained)
+        if not history:  # phase 1 finished in an earlier, interrupted invocation
             model.load_weights(phase1_marker)
         set_backbone_trainable(model, True)
         _log(f"phase 2: fine-tuning everything at lr {cfg.fine_tune_lr} for {cfg.fine_tune_epochs} epochs")

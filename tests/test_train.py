@@ -111,3 +111,12 @@ def test_input_pipeline_batches_and_targets(data_dir):
     np.testing.assert_allclose(y["heatmaps"].numpy(), ds.heatmaps[va[:4]].astype(np.float32), atol=2e-3)
     stored = make_dataset(ds, va, 4, False, sigma=1.5, heat_size=16, stored_heatmaps=True)
     np.testing.assert_allclose(next(iter(stored))[1]["heatmaps"].numpy(), y["heatmaps"].numpy(), atol=2e-3)
+
+
+@pytest.mark.slow
+def test_fine_tune_phase_continues_epoch_count(data_dir, tmp_path):
+    train_vis.main(_args(data_dir, tmp_path, "ft", "--epochs", "1", "--fine-tune", "--fine-tune-epochs", "1",
+                         "--image-every", "0"))
+    run = tmp_path / "logs" / "ft"
+    assert _csv_epochs(run / "history.csv") == [0, 1]
+    assert (run / "phase1_done.weights.h5").is_file()
