@@ -233,8 +233,9 @@ def _figures(tmp: Path, samples, r: dict, preds, cfg: InferConfig, edges, progre
             img = open_image(s.image)
         except ImageError:
             return
+        unscored = (s.visible & ~r["gt_vis"][i]) if r["has_gt"][i] else None
         vis.original_overlay(img, r["pred_orig"][i], r["boxes"][i], gt_orig, r["gt_vis"][i], r["pred_vis"][i],
-                             edges=edges, title=f"{title}  {img.width}x{img.height}"
+                             edges=edges, title=f"{title}  {img.width}x{img.height}", gt_unscored=unscored
                              ).save(tmp / "original_overlays" / f"{s.stem}.png", compress_level=1)
 
     todo = [i for i in range(n_fig) if preds.ok[i]]

@@ -19,6 +19,7 @@ LOW_CONF_COLOUR = (255, 165, 0)
 LINK_COLOUR = (255, 235, 0)
 EDGE_COLOUR = (80, 160, 255)
 BOX_COLOUR = (0, 200, 255)
+UNSCORED_COLOUR = (150, 150, 150)
 
 
 def _font(size: int):
@@ -39,7 +40,8 @@ def _cross(draw, x, y, r, colour, width):
 
 
 def draw_keypoints(img: Image.Image, pred, gt=None, gt_visible=None, pred_visible=None, *, scale: float = 1.0,
-                   offset=(0.0, 0.0), edges=None, marker: float = 6.0, font_size: int = 14) -> Image.Image:
+                   offset=(0.0, 0.0), edges=None, marker: float = 6.0, font_size: int = 14,
+                   gt_unscored=None) -> Image.Image:
     """Draw predictions (and GT) on a copy of ``img``.
 
     Args:
@@ -47,6 +49,7 @@ def draw_keypoints(img: Image.Image, pred, gt=None, gt_visible=None, pred_visibl
             only there); pred_visible: (K,) bool (False drawn in orange).
         scale, offset: drawing position = ``xy * scale + offset`` image pixels.
         edges: (E, 2) mesh edges drawn thinly between predicted visible keypoints.
+        gt_unscored: (K,) bool GT points drawn as grey circles: annotated visible but outside the crop.
     """
     out = img.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
@@ -65,6 +68,12 @@ def draw_keypoints(img: Image.Image, pred, gt=None, gt_visible=None, pred_visibl
     for i in range(k):
         if gv[i] and np.isfinite(p[i]).all():
             draw.line([tuple(g[i]), tuple(p[i])], fill=LINK_COLOUR, width=max(1, w // 2))
+    if gt_unscored is not None and g is not None:
+        for i in np.flatnonzero(np.asarray(gt_unscored, bool) & np.isfinite(g).all(1)):
+            x, y = g[i]
+            r = 1.3 * marker
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=UNSCORED_COLOUR, width=w)
+            _text(draw, (x + marker * 0.9, y - marker * 0.9 - font_size * 0.6), str(i), font, UNSCORED_COLOUR)
     for i in range(k):
         if gv[i]:
             x, y = g[i]
@@ -84,7 +93,8 @@ def draw_keypoints(img: Image.Image, pred, gt=None, gt_visible=None, pred_visibl
 
 
 def legend_strip(width: int, height: int = 26, font_size: int = 14, has_gt: bool = True,
-                 title: str = "", extra: str = "", edges: bool = False) -> Image.Image:
+                 title: str = "", extra: str = "", edges: bool = False,
+                 unscored: bool = False) -> Image.Image:
     """A black strip naming the symbols (and a title) to stack above an overlay."""
     rows = 2 if title else 1
     strip = Image.new("RGB", (width, height * rows), (0, 0, 0))
@@ -98,6 +108,8 @@ def legend_strip(width: int, height: int = 26, font_size: int = 14, has_gt: bool
         items = [("GT", GT_COLOUR, "o")] + items + [("error", LINK_COLOUR, "-")]
     if edges:
         items.append(("mesh edge", EDGE_COLOUR, "-"))
+    if unscored:
+        items.append(("GT outside crop (not scored)", UNSCORED_COLOUR, "o"))
     for name, colour, sym in items:
         if sym == "o":
             draw.ellipse([x, y - r, x + 2 * r, y + r], outline=colour, width=2)
@@ -133,8 +145,11 @@ def input_overlay(x, pred_px, gt_px=None, gt_visible=None, pred_visible=None, *,
 
 
 def original_overlay(img: Image.Image, pred_px, crop_box, gt_px=None, gt_visible=None, pred_visible=None, *,
-                     edges=None, title: str = "") -> Image.Image:
-    """Original-resolution image with the model's crop window and keypoints in original pixels (K, 2)."""
+                     edges=None, title: str = "", gt_unscored=None) -> Image.Image:
+    """Original-resolution image with the model's crop window and keypoints in original pixels (K, 2).
+
+    ``gt_unscored`` (K,) marks GT points visible in the annotation but outside the crop (grey).
+    """
     w, h = img.size
     unit = max(w, h) / 1000.0
     # The crop window may leave the image (padding); draw on a canvas large enough to show all of it.
@@ -146,10 +161,11 @@ def original_overlay(img: Image.Image, pred_px, crop_box, gt_px=None, gt_visible
     draw = ImageDraw.Draw(canvas)
     draw.rectangle([x0 + left, y0 + top, x1 + left, y1 + top], outline=BOX_COLOUR, width=max(2, int(3 * unit)))
     drawn = draw_keypoints(canvas, pred_px, gt_px, gt_visible, pred_visible, offset=(left, top), edges=edges,
-                           marker=max(5.0, 7 * unit), font_size=int(max(14, 20 * unit)))
+                           marker=max(5.0, 7 * unit), font_size=int(max(14, 20 * unit)), gt_unscored=gt_unscored)
     fs = int(max(14, 18 * unit))
     strip = legend_strip(drawn.width, height=int(fs * 1.8), font_size=fs, has_gt=gt_px is not None, title=title,
-                         extra="cyan box: model input crop", edges=edges is not None)
+                         extra="cyan box: model input crop", edges=edges is not None,
+                         unscored=gt_unscored is not None and bool(np.any(gt_unscored)))
     return _stack(strip, drawn)
 
 
