@@ -185,3 +185,19 @@ def test_missing_model_and_empty_folder(tiny_model, tmp_path, capsys):
     empty.mkdir()
     assert use_vis.main(["--input", str(empty), "--model", str(tiny_model)]) == 2
     assert "holds no images" in capsys.readouterr().err
+
+
+def test_decoders_read_the_right_output():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0.2, 0.8, (3, 4, 2))
+    vis = np.ones((3, 4), bool)
+    maps = render(xy, vis, 32, 2.0)
+    coords = xy.reshape(3, -1) + 0.01  # a different answer, to tell the outputs apart
+    from pipeline.infer import decode
+
+    peak, conf = decode({"heatmaps": maps, "coords": coords}, "peak")
+    np.testing.assert_allclose(peak, xy, atol=0.02 / 32)  # log-quadratic refinement: ~exact on a Gaussian
+    np.testing.assert_allclose(conf, 1.0, atol=0.1)
+    soft, conf2 = decode({"heatmaps": maps, "coords": coords}, "softargmax")
+    np.testing.assert_allclose(soft, xy + 0.01)
+    np.testing.assert_array_equal(conf, conf2)
