@@ -134,7 +134,7 @@ def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
         else:
             _log(f"phase 1: backbone NOT pretrained, so it is trained too (no freezing), lr {cfg.learning_rate}")
         compile_model(model, cfg.learning_rate, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit)
-        h = model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, steps_per_epoch=steps,
+        h = model.fit(train_data, validation_data=val_data, shuffle=False, epochs=cfg.epochs, steps_per_epoch=steps,
                       callbacks=_callbacks(cfg, run_dir, 1, meta, monitor, sample_images, throughput) + extra,
                       verbose=cfg.verbose)
         history.update(h.history)
@@ -147,7 +147,7 @@ def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
         set_backbone_trainable(model, True)
         _log(f"phase 2: fine-tuning everything at lr {cfg.fine_tune_lr} for {cfg.fine_tune_epochs} epochs")
         compile_model(model, cfg.fine_tune_lr, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit)
-        h = model.fit(train_data, validation_data=val_data, initial_epoch=cfg.epochs,
+        h = model.fit(train_data, validation_data=val_data, shuffle=False, initial_epoch=cfg.epochs,
                       epochs=cfg.epochs + cfg.fine_tune_epochs, steps_per_epoch=steps,
                       callbacks=_callbacks(cfg, run_dir, 2, meta, monitor, sample_images, throughput) + extra,
                       verbose=cfg.verbose)
