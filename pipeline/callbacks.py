@@ -128,3 +128,30 @@ class StopAfterEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
             raise SimulatedInterruption(f"StopAfterEpoch: interrupted after epoch {epoch}")
+
+
+class ElapsedTime(keras.callbacks.Callback):
+    """Adds ``elapsed_s`` (wall-clock seconds of training so far) to each epoch's logs.
+
+    Place it before CSVLogger so the column is written. On a resumed run the count continues
+    from the last ``elapsed_s`` in ``history_csv`` (the interrupted partial epoch is not counted).
+    """
+
+    def __init__(self, history_csv=None):
+        super().__init__()
+        self.base = 0.0
+        if history_csv is not None and Path(history_csv).is_file():
+            import csv
+
+            with open(history_csv) as f:
+                rows = [r for r in csv.DictReader(f) if r.get("elapsed_s")]
+            if rows:
+                self.base = float(rows[-1]["elapsed_s"])
+        self._t0 = None
+
+    def on_train_begin(self, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self._t0 is not None:
+            logs["elapsed_s"] = self.base + time.perf_counter() - self._t0

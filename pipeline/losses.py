@@ -129,3 +129,34 @@ class PixelError(keras.metrics.Metric):
 
     def get_config(self):
         return {"img_size": self.img_size, "name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="keypoints")
+class PCK(keras.metrics.Metric):
+    """Fraction of visible keypoints within ``threshold_px`` model-input pixels, over an epoch.
+
+    Attached to ``coords`` as ``PCK(2.0)`` it is logged as ``coords_pck_2px`` (``val_coords_pck_2px``).
+    """
+
+    def __init__(self, threshold_px: float = 2.0, img_size: int = 128, name: str | None = None, **kwargs):
+        kwargs.pop("dtype", None)
+        super().__init__(name=name or f"pck_{threshold_px:g}px", dtype="float32", **kwargs)
+        self.threshold_px = float(threshold_px)
+        self.img_size = int(img_size)
+        self.hits = self.add_variable(shape=(), initializer="zeros", name="hits", dtype="float32")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count", dtype="float32")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        err, vis = pixel_errors(y_true, y_pred, self.img_size)
+        self.hits.assign_add(ops.sum(ops.cast(err <= self.threshold_px, "float32") * vis))
+        self.count.assign_add(ops.sum(vis))
+
+    def result(self):
+        return self.hits / ops.maximum(self.count, 1.0)
+
+    def reset_state(self):
+        self.hits.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {"threshold_px": self.threshold_px, "img_size": self.img_size, "name": self.name}

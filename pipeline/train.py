@@ -18,9 +18,9 @@ import numpy as np
 
 from pipeline import model_io
 from pipeline.arrays import load_dataset, write_json
-from pipeline.callbacks import BestModelCheckpoint, HeatmapImages, Throughput
+from pipeline.callbacks import BestModelCheckpoint, ElapsedTime, HeatmapImages, Throughput
 from pipeline.input_data import check_dataset, make_dataset, split_indices
-from pipeline.losses import FocalHeatmapLoss, MaskedL1Loss, PixelError
+from pipeline.losses import PCK, FocalHeatmapLoss, MaskedL1Loss, PixelError
 from pipeline.model import ModelConfig, build_model, check_heatmap_size, resolve_weights, set_backbone_trainable
 from pipeline.precision import apply_precision
 from pipeline.training_config import TrainConfig
@@ -33,7 +33,7 @@ def compile_model(model, learning_rate: float, img_size: int, lambda_coords: flo
         optimizer=keras.optimizers.Adam(learning_rate),
         loss={"heatmaps": FocalHeatmapLoss(alpha, gamma), "coords": MaskedL1Loss()},
         loss_weights={"heatmaps": 1.0, "coords": lambda_coords},
-        metrics={"coords": [PixelError(img_size)]},
+        metrics={"coords": [PixelError(img_size), PCK(2.0, img_size)]},
         jit_compile=jit,
     )
 
@@ -57,6 +57,7 @@ def _build(mcfg: ModelConfig, weights: str):
 
 def _callbacks(cfg, run_dir: Path, phase: int, meta: dict, monitor: str, sample_images, throughput):
     cbs = [
+        ElapsedTime(run_dir / "history.csv"),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup" / f"phase{phase}"), delete_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_factor, patience=cfg.lr_patience, verbose=1),
