@@ -52,7 +52,9 @@ class HeatmapImages(keras.callbacks.Callback):
             return
         import tensorflow as tf
 
-        out = self.model.predict(self.images, verbose=0, batch_size=len(self.images))
+        # A direct call, not predict(): under MultiWorkerMirroredStrategy predict() is a collective
+        # step that every worker would have to join, while this callback runs on the chief only.
+        out = self.model(self.images, training=False)
         grid = heatmap_grid(self.images, np.asarray(out["heatmaps"]), np.asarray(out["coords"]))
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)

@@ -5,6 +5,15 @@ Only index vectors live in the graph: each batch of indices is gathered from the
 not grow with the dataset. Heatmap targets are rendered on the fly from the coordinates with
 ``pipeline.heatmaps.render_tf`` (the codec used everywhere) unless stored heatmaps are requested.
 
+Distribution: under ``tf.distribute`` each worker should read only its own part. tf.data's
+``AutoShardPolicy.DATA`` shards the *output* of the pipeline, i.e. every worker would still gather and
+render every batch and throw away (W-1)/W of them. So a multi-worker training pipeline shards the
+index stream itself (``num_shards``/``shard_index``, after the seeded shuffle that every worker repeats
+identically, before any image is read) and sets ``AutoShardPolicy.OFF``; ``limit`` trims each epoch to
+whole global batches so every worker runs the same number of steps. Unsharded pipelines keep
+``AutoShardPolicy.DATA`` (the index dataset has no files to shard by): correct under any strategy, and
+with one worker it changes nothing.
+
 Batches: x (B, S, S, 3) float32 RGB 0..255; targets dict ``heatmaps`` (B, S/2, S/2, K) float32 and
 ``coords`` (B, 2K) float32 normalised, -1 where not visible.
 """
@@ -50,11 +59,15 @@ def check_dataset(ds: Dataset, sample: int = 256) -> None:
 
 def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bool, *, sigma: float,
                  heat_size: int, augment: AugmentConfig | None = None, stored_heatmaps: bool = False,
-                 seed: int = 0, drop_remainder: bool | None = None) -> tf.data.Dataset:
+                 seed: int = 0, drop_remainder: bool | None = None, num_shards: int = 1, shard_index: int = 0,
+                 limit: int | None = None, auto_shard: bool = True) -> tf.data.Dataset:
     """Batched tf.data pipeline over ``indices`` of ``ds``.
 
     Training batches are reshuffled every epoch (seeded) and augmented; validation batches are in
-    index order and not augmented.
+    index order and not augmented. ``limit`` keeps the first ``limit`` (shuffled) indices of each
+    epoch; then ``num_shards``/``shard_index`` keep every ``num_shards``-th of them (this worker's
+    part); ``batch_size`` is the batch this pipeline emits. ``auto_shard=False`` (a pipeline that
+    is already this worker's own) sets ``AutoShardPolicy.OFF``, else ``AutoShardPolicy.DATA``.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
@@ -62,7 +75,8 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
     if stored_heatmaps and ds.heatmaps is None:
         raise ValueError("--heatmap-source stored, but Y_data.npz holds no heatmaps. Use --heatmap-source render.")
     drop = training if drop_remainder is None else drop_remainder
-    if drop and batch_size > len(indices):
+    n_used = min(len(indices), limit or len(indices)) // max(1, num_shards)
+    if drop and batch_size > n_used:
         raise ValueError(f"batch_size={batch_size} is larger than the {len(indices)} training samples. "
                          "Lower --batch-size or add data.")
     k, s = ds.num_keypoints, ds.x.shape[1]
@@ -91,10 +105,16 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
     data = tf.data.Dataset.from_tensor_slices(indices)
     if training:
         data = data.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+    if limit:
+        data = data.take(limit)
+    if num_shards > 1:
+        data = data.shard(num_shards, shard_index)
     data = data.batch(batch_size, drop_remainder=drop)
     data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     if training and augment is not None:
         data = data.map(lambda x, y: (augment_batch(x, augment), y), num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.autotune.enabled = True
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.DATA if auto_shard else policy.OFF
     return data.with_options(options).prefetch(tf.data.AUTOTUNE)

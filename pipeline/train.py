@@ -4,6 +4,10 @@ Phase 1 trains the decoder and heads with the backbone frozen (BatchNorm in infe
 the backbone is pretrained, or the whole network when it is not. Phase 2 (``--fine-tune``)
 unfreezes everything and continues the epoch count at a small learning rate. Each phase resumes
 from ``logs/<run>/backup`` after an interruption when rerun with the same ``--run-name``.
+
+Everything runs under a ``tf.distribute`` strategy (``--strategy``, see ``pipeline.distribute`` and
+docs/distributed.md): the model is built and compiled in its scope, only the chief writes the run
+folder and the model, and under multi-worker training each worker reads only its part of the data.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 from pipeline import model_io
 from pipeline.arrays import load_dataset, write_json
 from pipeline.callbacks import BestModelCheckpoint, ElapsedTime, HeatmapImages, Throughput
+from pipeline.distribute import global_batch_size, resolve_strategy, scratch_dir, sync_batchnorm, worker_shards
 from pipeline.input_data import check_dataset, make_dataset, split_indices
 from pipeline.losses import PCK, FocalHeatmapLoss, MaskedL1Loss, PixelError
 from pipeline.model import ModelConfig, build_model, check_heatmap_size, resolve_weights, set_backbone_trainable
@@ -55,32 +60,136 @@ def _build(mcfg: ModelConfig, weights: str):
     return model, weights_arg is not None, note
 
 
-def _callbacks(cfg, run_dir: Path, phase: int, meta: dict, monitor: str, sample_images, throughput):
-    cbs = [
-        ElapsedTime(run_dir / "history.csv"),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup" / f"phase{phase}"), delete_checkpoint=True),
+def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_images, throughput, chief: bool):
+    """Callbacks of one phase. Only the chief logs (CSV, TensorBoard, images); every worker backs up and
+    checkpoints, because those saves are collectives under MultiWorkerMirroredStrategy (non-chief
+    ``out_dir`` is a private scratch folder)."""
+    cbs = [ElapsedTime(out_dir / "history.csv")] if chief else []
+    cbs += [
+        keras.callbacks.BackupAndRestore(str(out_dir / "backup" / f"phase{phase}"), delete_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_factor, patience=cfg.lr_patience, verbose=1),
-        BestModelCheckpoint(run_dir / "best_model.keras", meta, monitor=monitor),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, update_freq="epoch",
-                                    profile_batch=0),
-        throughput,
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_factor, patience=cfg.lr_patience,
+                                          verbose=1 if chief else 0),
+        BestModelCheckpoint(out_dir / "best_model.keras", meta, monitor=monitor),
     ]
-    if sample_images is not None and cfg.image_every > 0:
-        cbs.append(HeatmapImages(run_dir / "tensorboard" / "images", sample_images, cfg.image_every))
+    if chief:
+        cbs += [keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
+                keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False, update_freq="epoch",
+                                            profile_batch=0)]
+    cbs.append(throughput)
+    if chief and sample_images is not None and cfg.image_every > 0:
+        cbs.append(HeatmapImages(out_dir / "tensorboard" / "images", sample_images, cfg.image_every))
     if cfg.early_stopping > 0:
-        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping, verbose=1))
+        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping, verbose=1 if chief else 0))
     return cbs
 
 
-def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
-    """Run both phases; return a summary dict (also written to ``logs/<run>/summary.json``)."""
-    t_start = time.perf_counter()
-    run_dir = Path(cfg.log_dir) / (cfg.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+@dataclasses.dataclass
+class _Data:
+    """The arrays this worker opened and its training/validation pipelines.
 
-    ds = load_dataset(cfg.data_dir)
+    ``train_idx``/``val_idx`` index the whole dataset (the split of a single-process run);
+    ``my_val`` indexes ``ds`` (this worker's arrays: all of them, or its own shards).
+    """
+
+    ds: object
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    my_val: np.ndarray
+    train: object
+    val: object
+    note: str
+
+
+def _local_part(idx: np.ndarray, start: int, end: int) -> np.ndarray:
+    return idx[(idx >= start) & (idx < end)] - start
+
+
+def _data(cfg: TrainConfig, dist, ds, own, global_batch: int, common: dict, aug) -> _Data:
+    """The split and input pipelines of this process (see ``pipeline.input_data``).
+
+    ``ds`` holds this worker's arrays: all of them, or (``own`` from :func:`worker_shards`) its shards.
+    """
+    n_total = sum(own[1]) if own else len(ds)
+    train_idx, val_idx = split_indices(n_total, cfg.val_split, cfg.seed)
+    if global_batch > len(train_idx):
+        raise ValueError(f"batch_size={global_batch} is larger than the {len(train_idx)} training samples "
+                         f"({n_total} in {cfg.data_dir}, val_split={cfg.val_split}). Lower --batch-size.")
+    if not dist.multi_worker:
+        train = make_dataset(ds, train_idx, global_batch, True, augment=aug, seed=cfg.seed, **common)
+        val = make_dataset(ds, val_idx, global_batch, False, **common) if len(val_idx) else None
+        return _Data(ds, train_idx, val_idx, val_idx, train, val, "")
+
+    per_worker = global_batch // dist.num_workers
+    if own:  # each worker trains on its own shards; equal step counts via the smallest worker
+        bounds = np.cumsum([0] + own[1])
+        per = len(own[0])
+        ranges = [(int(bounds[w * per]), int(bounds[(w + 1) * per])) for w in range(dist.num_workers)]
+        my_train, my_val = (_local_part(i, *ranges[dist.worker_index]) for i in (train_idx, val_idx))
+        steps = min(len(_local_part(train_idx, a, b)) for a, b in ranges) // per_worker
+        n_val = min(len(_local_part(val_idx, a, b)) for a, b in ranges)
+        limit, shards = steps * per_worker, 1
+        note = (f"worker reads only its shards {own[0]} of {len(own[1])} ({len(ds)} samples); "
+                f"{n_val} validation samples per worker")
+    else:  # every worker opens all arrays (memory-mapped) and reads 1/W of each shuffled epoch
+        my_train, my_val = train_idx, val_idx
+        steps = len(train_idx) // global_batch
+        limit, shards, n_val = steps * global_batch, dist.num_workers, len(val_idx)
+        note = "index stream sharded over workers after the shuffle (AutoShardPolicy.OFF); validation DATA-sharded"
+    if steps == 0:
+        raise ValueError(f"batch_size={global_batch} is larger than the training samples of a worker. Lower --batch-size.")
+
+    def train_fn(ctx):
+        return make_dataset(ds, my_train, ctx.get_per_replica_batch_size(global_batch), True, augment=aug,
+                            seed=cfg.seed, limit=limit, num_shards=shards, shard_index=ctx.input_pipeline_id,
+                            auto_shard=False, **common)
+
+    def val_fn(ctx):
+        return make_dataset(ds, my_val, ctx.get_per_replica_batch_size(global_batch), False, limit=n_val,
+                            auto_shard=False, **common)
+
+    train = dist.strategy.distribute_datasets_from_function(train_fn)
+    if own:
+        val = dist.strategy.distribute_datasets_from_function(val_fn) if n_val else None
+    else:
+        val = make_dataset(ds, val_idx, global_batch, False, **common) if len(val_idx) else None
+    return _Data(ds, train_idx, val_idx, my_val[:n_val], train, val, note)
+
+
+def _val_stems(cfg: TrainConfig, data: _Data) -> list[str]:
+    if len(data.ds) == len(data.train_idx) + len(data.val_idx):
+        return [str(s) for s in data.ds.stems[data.val_idx]]
+    try:  # this worker opened only its shards; the stems of all of them are small
+        return [str(s) for s in load_dataset(cfg.data_dir).stems[data.val_idx]]
+    except (FileNotFoundError, ValueError):
+        _log("WARNING: not every shard is readable here; split.json lists this worker's validation stems only.")
+        return [str(s) for s in data.ds.stems[data.my_val]]
+
+
+def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
+    """Run both phases; return a summary dict (also written to ``logs/<run>/summary.json`` by the chief)."""
+    t_start = time.perf_counter()
+    if cfg.threads > 0:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+    dist = resolve_strategy(cfg.strategy, cfg.cluster)  # before anything initialises TF devices
+    with scratch_dir(dist, cfg.run_name) as scratch:
+        return _train(cfg, dist, scratch, extra_callbacks, t_start)
+
+
+def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_start: float) -> dict:
+    chief = dist.is_chief
+    run_dir = Path(cfg.log_dir) / (cfg.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    out_dir, model_out = (run_dir, Path(cfg.model_out)) if chief else (scratch / "run", scratch / "model.keras")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    global_batch = global_batch_size(cfg.batch_size, cfg.batch_size_mode, dist.num_replicas)
+
+    policy, why = apply_precision(cfg.precision)  # the policy is global: set before building under the scope
+    keras.utils.set_random_seed(cfg.seed)
+    aug = cfg.augment_config() if cfg.augment else None
+    own = worker_shards(cfg.data_dir, dist.num_workers, dist.worker_index)
+    ds = load_dataset(cfg.data_dir, shards=own[0] if own else None)
     check_dataset(ds)
     pre = ds.config
     img_size, k = int(ds.x.shape[1]), ds.num_keypoints
@@ -88,43 +197,54 @@ def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
         raise ValueError(f"X_data images are {img_size} px but the preprocessing config says "
                          f"img_size={pre['img_size']} ({cfg.data_dir}). Re-run preprocess_vis.py.")
     heat_size, sigma = int(pre.get("heat_size", img_size // 2)), float(pre.get("sigma", 2.0))
-
-    policy, why = apply_precision(cfg.precision)
-    if cfg.threads > 0:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-    keras.utils.set_random_seed(cfg.seed)
     mcfg = cfg.model_config(img_size, k)
     check_heatmap_size(mcfg, heat_size, source=f"{cfg.data_dir}/Y_data.npz")
-    model, pretrained, note = _build(mcfg, cfg.weights)
+    common = dict(sigma=sigma, heat_size=heat_size, stored_heatmaps=cfg.heatmap_source == "stored")
+    data = _data(cfg, dist, ds, own, global_batch, common, aug)
+    train_idx, val_idx = data.train_idx, data.val_idx
 
-    train_idx, val_idx = split_indices(len(ds), cfg.val_split, cfg.seed)
-    if cfg.batch_size > len(train_idx):
-        raise ValueError(f"batch_size={cfg.batch_size} is larger than the {len(train_idx)} training samples "
-                         f"({len(ds)} in {cfg.data_dir}, val_split={cfg.val_split}). Lower --batch-size.")
-    val_stems = [str(s) for s in ds.stems[val_idx]]
-    write_json(run_dir / "split.json", {"seed": cfg.seed, "val_split": cfg.val_split,
-                                         "val_indices": val_idx, "val_stems": val_stems})
+    with dist.scope():
+        model, pretrained, note = _build(mcfg, cfg.weights)
+        n_sync = sync_batchnorm(model) if dist.num_replicas > 1 and cfg.sync_batchnorm else 0
+
+    val_stems = _val_stems(cfg, data) if chief else []
+    distribute = {"strategy": dist.name, "replicas": dist.num_replicas, "workers": dist.num_workers,
+                  "global_batch": global_batch, "per_replica_batch": global_batch // dist.num_replicas,
+                  "sync_batchnorm_layers": n_sync}
     meta = {"preprocess": pre, "train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg),
             "num_keypoints": k, "precision": policy, "backbone_init": note, "val_stems": val_stems}
-    write_json(run_dir / "config.json", {**meta, "precision_reason": why, "run_dir": str(run_dir),
-                                         "n_train": len(train_idx), "n_val": len(val_idx)})
+    if chief:
+        write_json(run_dir / "split.json", {"seed": cfg.seed, "val_split": cfg.val_split,
+                                             "val_indices": val_idx, "val_stems": val_stems})
+        write_json(run_dir / "config.json", {**meta, "precision_reason": why, "run_dir": str(run_dir),
+                                             "n_train": len(train_idx), "n_val": len(val_idx),
+                                             "distribute": distribute})
 
-    aug = cfg.augment_config() if cfg.augment else None
-    common = dict(sigma=sigma, heat_size=heat_size, stored_heatmaps=cfg.heatmap_source == "stored")
-    train_data = make_dataset(ds, train_idx, cfg.batch_size, True, augment=aug, seed=cfg.seed, **common)
-    val_data = make_dataset(ds, val_idx, cfg.batch_size, False, **common) if len(val_idx) else None
-    monitor = "val_loss" if val_data is not None else "loss"
-    sample_images = np.asarray(ds.x[val_idx[:6]], np.float32) if len(val_idx) else None
+    monitor = "val_loss" if data.val is not None else "loss"
+    sample_images = np.asarray(data.ds.x[np.sort(data.my_val[:6])], np.float32) if len(data.my_val) else None
     steps = cfg.steps_per_epoch or None
 
     _log(f"run folder {run_dir}; {len(train_idx)} train / {len(val_idx)} val images, K={k}, "
          f"{img_size}px input, {heat_size}px heatmaps; precision {policy} ({why}); {note}")
-    throughput = Throughput(cfg.batch_size)
+    _log(f"strategy {dist.name}: {dist.num_replicas} replica(s) on {dist.num_workers} worker(s), this process "
+         f"{dist.task}{' (chief)' if chief else f' (writes only to {scratch})'}; global batch {global_batch} = "
+         f"{global_batch // dist.num_replicas} per replica x {dist.num_replicas} (--batch-size-mode "
+         f"{cfg.batch_size_mode}); learning rate {cfg.learning_rate} as given, not scaled with the batch"
+         + (f"; {n_sync} BatchNorm layers use global-batch statistics" if n_sync else "")
+         + (f"; {data.note}" if data.note else ""))
+    throughput = Throughput(global_batch)
     extra = list(extra_callbacks)
-    phase1_marker = run_dir / "phase1_done.weights.h5"
+    phase1_marker = out_dir / "phase1_done.weights.h5"
     history = {}
+
+    def compile_(lr):
+        with dist.scope():
+            compile_model(model, lr, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit)
+
+    def fit(phase, **kw):
+        return model.fit(data.train, validation_data=data.val, shuffle=False, steps_per_epoch=steps,
+                         callbacks=_callbacks(cfg, out_dir, phase, meta, monitor, sample_images, throughput, chief)
+                         + extra, verbose=cfg.verbose if chief else 0, **kw)
 
     if cfg.fine_tune and phase1_marker.is_file():
         _log(f"phase 1 already finished ({phase1_marker}); resuming with phase 2")
@@ -134,11 +254,8 @@ def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
             _log(f"phase 1: backbone frozen (BatchNorm in inference mode), lr {cfg.learning_rate}")
         else:
             _log(f"phase 1: backbone NOT pretrained, so it is trained too (no freezing), lr {cfg.learning_rate}")
-        compile_model(model, cfg.learning_rate, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit)
-        h = model.fit(train_data, validation_data=val_data, shuffle=False, epochs=cfg.epochs, steps_per_epoch=steps,
-                      callbacks=_callbacks(cfg, run_dir, 1, meta, monitor, sample_images, throughput) + extra,
-                      verbose=cfg.verbose)
-        history.update(h.history)
+        compile_(cfg.learning_rate)
+        history.update(fit(1, epochs=cfg.epochs).history)
         if cfg.fine_tune:
             model.save_weights(phase1_marker)
 
@@ -147,22 +264,21 @@ def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
             model.load_weights(phase1_marker)
         set_backbone_trainable(model, True)
         _log(f"phase 2: fine-tuning everything at lr {cfg.fine_tune_lr} for {cfg.fine_tune_epochs} epochs")
-        compile_model(model, cfg.fine_tune_lr, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit)
-        h = model.fit(train_data, validation_data=val_data, shuffle=False, initial_epoch=cfg.epochs,
-                      epochs=cfg.epochs + cfg.fine_tune_epochs, steps_per_epoch=steps,
-                      callbacks=_callbacks(cfg, run_dir, 2, meta, monitor, sample_images, throughput) + extra,
-                      verbose=cfg.verbose)
+        compile_(cfg.fine_tune_lr)
+        h = fit(2, initial_epoch=cfg.epochs, epochs=cfg.epochs + cfg.fine_tune_epochs)
         for key, v in h.history.items():
             history.setdefault(key, []).extend(v)
 
-    model_io.save_model(model, cfg.model_out, meta)
-    best = model_io.load_meta(run_dir / "best_model.keras").get("best", {})
+    model_io.save_model(model, model_out, meta)  # every worker: saving reads SyncOnRead (collective) variables
+    best = model_io.load_meta(out_dir / "best_model.keras").get("best", {})
     summary = {
         "run_dir": str(run_dir), "model_out": str(cfg.model_out), "best_model": str(run_dir / "best_model.keras"),
         "best": best, "final_logs": {key: float(v[-1]) for key, v in history.items() if v},
         "seconds": time.perf_counter() - t_start, "train_images_per_second": throughput.images_per_second,
-        "precision": policy,
+        "precision": policy, "distribute": distribute, "chief": chief,
     }
+    if not chief:
+        return summary
     write_json(run_dir / "summary.json", summary)
     px = best.get("val_coords_px_error", best.get("coords_px_error", float("nan")))
     _log(f"done in {summary['seconds']:.0f} s; best {best.get('monitor', monitor)} {best.get('value', float('nan')):.4f} "

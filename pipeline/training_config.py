@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from pipeline.augment import AugmentConfig
 from pipeline.config import add_dataclass_args, from_args, load_config_file
+from pipeline.distribute import BATCH_MODES, CLUSTERS, STRATEGIES
 from pipeline.model import BACKBONES, ModelConfig
 from pipeline.precision import PRECISIONS
 
@@ -33,7 +34,10 @@ class TrainConfig:
     weights: str = _f("auto", "Backbone init: auto (ImageNet if available, else scratch), imagenet, none, or an .h5 path.")
     beta: float = _f(15.0, "SoftArgMax temperature.")
     # optimisation
-    batch_size: int = _f(128, "Batch size.")
+    batch_size: int = _f(128, "Batch size; global or per replica, see BATCH_SIZE_MODE.")
+    batch_size_mode: str = _f("global", "BATCH_SIZE is the global batch of one step over all replicas (global), or "
+                              "each replica's (per_replica: global = BATCH_SIZE * replicas). The learning rate "
+                              "is never rescaled.", choices=BATCH_MODES)
     epochs: int = _f(20, "Epochs of phase 1 (frozen pretrained backbone, or everything when not pretrained).")
     learning_rate: float = _f(5e-4, "Adam learning rate of phase 1.")
     fine_tune: bool = _f(False, "Run phase 2: unfreeze the backbone and continue at FINE_TUNE_LR.")
@@ -61,6 +65,12 @@ class TrainConfig:
     precision: str = _f("auto", "Numeric precision policy.", choices=PRECISIONS)
     jit: bool = _f(False, "XLA jit_compile (slower on CPU: XLA bypasses oneDNN).")
     threads: int = _f(0, "TF intra-op threads (0: TensorFlow default).")
+    strategy: str = _f("auto", "tf.distribute strategy: auto (mirrored if >1 GPU, else none), one, mirrored, or "
+                       "multiworker (cluster from TF_CONFIG or SLURM; see docs/distributed.md).", choices=STRATEGIES)
+    cluster: str = _f("tf_config", "Cluster resolver of --strategy multiworker: tf_config (TF_CONFIG variable) or "
+                      "slurm (SlurmClusterResolver).", choices=CLUSTERS)
+    sync_batchnorm: bool = _f(True, "With more than one replica, BatchNorm uses global-batch statistics "
+                              "(one all-reduce per layer and step), so results match one device.")
     image_every: int = _f(5, "Write a TensorBoard grid of predicted heatmaps every N epochs (0: never).")
     verbose: int = _f(2, "Keras fit verbosity (0 silent, 1 progress bar, 2 one line per epoch).")
 
@@ -71,6 +81,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive. Received: {name}={getattr(self, name)}")
         if not 0.0 <= self.val_split < 1.0:
             raise ValueError(f"val_split must be in [0, 1). Received: val_split={self.val_split}")
+        for name, allowed in (("strategy", STRATEGIES), ("cluster", CLUSTERS), ("batch_size_mode", BATCH_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}. Received: {name}={getattr(self, name)!r}")
 
     def model_config(self, input_size: int, num_keypoints: int) -> ModelConfig:
         return ModelConfig(input_size=input_size, num_keypoints=num_keypoints, backbone=self.backbone,
