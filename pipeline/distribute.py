@@ -208,3 +208,45 @@ def scratch_dir(dist: Distribution, run_name: str = ""):
     finally:
         if finished or not run_name:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def prepare_multiworker_fit(model, dist: Distribution, x, y) -> None:
+    """Work around two Keras 3.15 ``fit`` failures under MultiWorkerMirroredStrategy; call after ``compile``.
+
+    1. Before its first step ``fit`` builds the metrics from one batch, which it first averages over
+       the replicas with ``strategy.reduce`` on the whole (x, y) structure; MultiWorkerMirroredStrategy
+       reduces single tensors only ("Attempt to convert a value (PerReplica ...) to a Tensor"). So the
+       model, losses, metrics and optimizer are built here from a plain batch (``x`` (1, S, S, 3), ``y``
+       the targets dict) in the strategy's scope, and that step is skipped for this model.
+    2. Each step averages the per-replica logs with ``strategy.reduce("MEAN", v, axis=0)``, which fails
+       on the scalar loss and metrics ("Invalid reduction dimension 0"); :func:`_patch_keras_log_mean`
+       reduces 0-d values with ``axis=None`` (the same all-reduce, so every worker logs the same numbers).
+
+    No-op unless multi-worker. Uses Keras internals (``_symbolic_build``, ``_maybe_symbolic_build``,
+    ``keras.src.backend.tensorflow.trainer.reduce_per_replica``).
+    """
+    if not dist.multi_worker:
+        return
+    _patch_keras_log_mean()
+    with dist.scope():
+        model._symbolic_build(data_batch=(x, y, None))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+def _patch_keras_log_mean() -> None:
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "multiworker_scalar_mean", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            import keras
+
+            return keras.tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.multiworker_scalar_mean = True
+    tf_trainer.reduce_per_replica = reduce_per_replica

@@ -23,7 +23,8 @@ import numpy as np
 from pipeline import model_io
 from pipeline.arrays import load_dataset, write_json
 from pipeline.callbacks import BestModelCheckpoint, ElapsedTime, HeatmapImages, Throughput
-from pipeline.distribute import global_batch_size, resolve_strategy, scratch_dir, sync_batchnorm, worker_shards
+from pipeline.distribute import (global_batch_size, prepare_multiworker_fit, resolve_strategy, scratch_dir,
+                                 sync_batchnorm, worker_shards)
 from pipeline.input_data import check_dataset, make_dataset, split_indices
 from pipeline.losses import PCK, FocalHeatmapLoss, MaskedL1Loss, PixelError
 from pipeline.model import ModelConfig, build_model, check_heatmap_size, resolve_weights, set_backbone_trainable
@@ -60,10 +61,11 @@ def _build(mcfg: ModelConfig, weights: str):
     return model, weights_arg is not None, note
 
 
-def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_images, throughput, chief: bool):
+def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_images, throughput, dist):
     """Callbacks of one phase. Only the chief logs (CSV, TensorBoard, images); every worker backs up and
     checkpoints, because those saves are collectives under MultiWorkerMirroredStrategy (non-chief
     ``out_dir`` is a private scratch folder)."""
+    chief = dist.is_chief
     cbs = [ElapsedTime(out_dir / "history.csv")] if chief else []
     cbs += [
         keras.callbacks.BackupAndRestore(str(out_dir / "backup" / f"phase{phase}"), delete_checkpoint=True),
@@ -237,13 +239,18 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
     phase1_marker = out_dir / "phase1_done.weights.h5"
     history = {}
 
+    probe_x = np.asarray(data.ds.x[:1], np.float32)  # one plain batch: see prepare_multiworker_fit
+    probe_y = {"heatmaps": np.zeros((1, heat_size, heat_size, k), np.float32),
+               "coords": np.asarray(data.ds.coords[:1], np.float32)}
+
     def compile_(lr):
         with dist.scope():
             compile_model(model, lr, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit)
+        prepare_multiworker_fit(model, dist, probe_x, probe_y)
 
     def fit(phase, **kw):
         return model.fit(data.train, validation_data=data.val, shuffle=False, steps_per_epoch=steps,
-                         callbacks=_callbacks(cfg, out_dir, phase, meta, monitor, sample_images, throughput, chief)
+                         callbacks=_callbacks(cfg, out_dir, phase, meta, monitor, sample_images, throughput, dist)
                          + extra, verbose=cfg.verbose if chief else 0, **kw)
 
     if cfg.fine_tune and phase1_marker.is_file():
