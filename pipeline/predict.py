@@ -122,10 +122,12 @@ def select_split(samples, roots, meta: dict, split: str) -> tuple[list, str, str
     Returns (samples, split used, a note for people).
     """
     val = set(meta.get("val_stems") or [])
-    train_dir = (meta.get("preprocess") or {}).get("data_dir")
-    same_dir = bool(train_dir) and any(Path(r).resolve() == Path(train_dir).resolve() for r in roots)
-    stems = {s.stem for s in samples}
-    is_training = same_dir or bool(stems & val)
+    pre = meta.get("preprocess") or {}
+    train_dirs = {Path(d).resolve() for d in (pre.get("data_dir_abs"), pre.get("data_dir")) if d}
+    if train_dirs:  # the training data is recognised by its folder: other datasets reuse stem names
+        is_training = any(Path(r).resolve() in train_dirs for r in roots)
+    else:
+        is_training = bool({s.stem for s in samples} & val)
     if split == "auto":
         split = "val" if is_training and val else "all"
     if split == "val":

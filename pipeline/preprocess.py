@@ -152,7 +152,8 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessReport
         workers=cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1),
         progress=progress,
         edges=mesh.edges,
-        config=to_dict(cfg) | {"num_keypoints": k, "mesh_path": str(mesh_path), "mesh_name": mesh.name},
+        config=to_dict(cfg) | {"num_keypoints": k, "mesh_path": str(mesh_path), "mesh_name": mesh.name,
+                               "data_dir_abs": str(data_dir.resolve())},
     )
     shards = max(1, cfg.shards)
     if shards > n:

@@ -156,6 +156,19 @@ def test_default_split_is_the_training_val_stems(dataset, tiny_model, tmp_path, 
                              "--visualize", "0"]) == 0
 
 
+def test_other_dataset_with_the_same_stems_is_evaluated_whole(dataset, tiny_model, tmp_path):
+    """A held-out set generated separately reuses stem names; it is not the training data."""
+    import shutil
+
+    other = tmp_path / "heldout"
+    shutil.copytree(dataset, other)
+    out = tmp_path / "pred"
+    assert use_vis.main(["--input", str(other), "--model", str(tiny_model), "--out-dir", str(out), "--no-progress",
+                         "--visualize", "0"]) == 0
+    s = json.loads((out / "evaluation_summary.json").read_text())
+    assert s["split"] == "all" and s["samples_with_gt"] == 3
+
+
 def test_images_only_folder_has_no_summary(dataset, tiny_model, tmp_path):
     out = tmp_path / "pred"
     assert use_vis.main(["--input", str(dataset / "Rendered_Images"), "--model", str(tiny_model), "--out-dir",
