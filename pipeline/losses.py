@@ -26,9 +26,12 @@ def focal_heatmap_loss(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0):
 
     Per pixel, with target t in [0, 1] and prediction p (sigmoid output):
         l = -[ alpha * t * (1 - p)^gamma * log(p) + (1 - alpha) * (1 - t) * p^gamma * log(1 - p) ]
-    The pixel losses of one (image, keypoint) channel are averaged over the S x S pixels; a channel
-    counts only when its target map is not all zero (the keypoint is visible). The result is the mean
-    over the counted channels of the batch, or 0 when there are none (never NaN).
+    The pixel losses of one (image, keypoint) channel are SUMMED over its S x S pixels (normalising
+    by the number of keypoints, not of pixels, as CornerNet does: a mean over the pixels would make
+    the few peak pixels of a 64 x 64 map weigh ~4000x less, and the coordinate L1 would then drown
+    the heatmap supervision); a channel counts only when its target map is not all zero (the
+    keypoint is visible). The result is the mean over the counted channels of the batch, or 0 when
+    there are none (never NaN).
 
     Args:
         y_true, y_pred: (B, S, S, K).
@@ -39,7 +42,7 @@ def focal_heatmap_loss(y_true, y_pred, alpha: float = 0.25, gamma: float = 2.0):
     p = ops.clip(ops.cast(y_pred, "float32"), _EPS, 1.0 - _EPS)
     pos = alpha * t * ops.power(1.0 - p, gamma) * ops.log(p)
     neg = (1.0 - alpha) * (1.0 - t) * ops.power(p, gamma) * ops.log(1.0 - p)
-    per_channel = -ops.mean(pos + neg, axis=(1, 2))  # (B, K)
+    per_channel = -ops.sum(pos + neg, axis=(1, 2))  # (B, K)
     present = ops.cast(ops.max(t, axis=(1, 2)) > 0.0, "float32")
     count = ops.sum(present)
     return ops.sum(per_channel * present) / ops.maximum(count, 1.0)

@@ -15,7 +15,7 @@ def test_focal_matches_hand_computed_and_skips_empty_channels():
     t[0, :, :, 0] = [[1.0, 0.5], [0.0, 0.2]]
     p = np.full((1, 2, 2, 2), 0.3, np.float32)
     p[0, :, :, 0] = [[0.9, 0.4], [0.1, 0.6]]
-    expected = _focal_ref(t[0, :, :, 0].astype(np.float64), p[0, :, :, 0].astype(np.float64)).mean()
+    expected = _focal_ref(t[0, :, :, 0].astype(np.float64), p[0, :, :, 0].astype(np.float64)).sum()
     got = float(focal_heatmap_loss(t, p))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     np.testing.assert_allclose(float(FocalHeatmapLoss()(t, p)), expected, rtol=1e-5)
@@ -26,7 +26,7 @@ def test_focal_averages_over_visible_channels_of_the_batch():
     t = rng.uniform(0, 1, (2, 3, 3, 2)).astype(np.float32)
     t[1, :, :, 1] = 0.0
     p = rng.uniform(0.05, 0.95, (2, 3, 3, 2)).astype(np.float32)
-    per = _focal_ref(t.astype(np.float64), p.astype(np.float64)).mean(axis=(1, 2))
+    per = _focal_ref(t.astype(np.float64), p.astype(np.float64)).sum(axis=(1, 2))
     expected = (per[0, 0] + per[0, 1] + per[1, 0]) / 3
     np.testing.assert_allclose(float(focal_heatmap_loss(t, p)), expected, rtol=1e-5)
 
