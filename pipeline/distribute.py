@@ -118,8 +118,11 @@ def resolve_strategy(name: str = "auto", cluster: str = "tf_config") -> Distribu
     if name == "one":
         strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     else:  # mirrored: all GPUs, or every logical CPU device when there is no GPU (tests, CPU boxes)
-        devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
-        strategy = tf.distribute.MirroredStrategy(devices)
+        if gpus:
+            strategy = tf.distribute.MirroredStrategy()
+        else:  # one process: plain reductions (no collective-op instance keys shared between strategies)
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+            strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
     return Distribution(strategy, name, strategy.num_replicas_in_sync, 1, 0, "local", True)
 
 

@@ -33,12 +33,19 @@ from pipeline.training_config import TrainConfig
 
 
 def compile_model(model, learning_rate: float, img_size: int, lambda_coords: float = 5.0,
-                  alpha: float = 0.25, gamma: float = 2.0, jit: bool = False) -> None:
-    """Adam + focal heatmap loss + lambda * masked L1 coords loss; metric ``coords_px_error``."""
+                  alpha: float = 0.25, gamma: float = 2.0, jit: bool = False, replicas: int = 1) -> None:
+    """Adam + focal heatmap loss + lambda * masked L1 coords loss; metric ``coords_px_error``.
+
+    ``replicas``: replicas in sync (compile in the strategy's scope). Keras divides a per-sample loss by
+    the replica count before the gradients are summed over replicas, but leaves a loss that is already
+    a scalar alone; both losses here are batch-level means, so the weights carry that 1/replicas and
+    the step is the replica-averaged gradient. (Keras then reports the per-output ``*_loss`` logs
+    ``replicas`` times too large; ``loss`` and ``val_loss`` are right.)
+    """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss={"heatmaps": FocalHeatmapLoss(alpha, gamma), "coords": MaskedL1Loss()},
-        loss_weights={"heatmaps": 1.0, "coords": lambda_coords},
+        loss_weights={"heatmaps": 1.0 / replicas, "coords": lambda_coords / replicas},
         metrics={"coords": [PixelError(img_size), PCK(2.0, img_size)]},
         jit_compile=jit,
     )
@@ -245,7 +252,8 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
 
     def compile_(lr):
         with dist.scope():
-            compile_model(model, lr, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit)
+            compile_model(model, lr, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit,
+                          dist.num_replicas)
         prepare_multiworker_fit(model, dist, probe_x, probe_y)
 
     def fit(phase, **kw):
