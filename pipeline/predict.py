@@ -59,7 +59,8 @@ class InferConfig:
                        "else all; val; all.", default="auto", meta={"choices": ("auto", "val", "all")})
     decoder: str = _help("peak: heatmap arg-max with log-quadratic sub-pixel refinement; softargmax: the "
                          "model's coords output.", default="peak", meta={"choices": DECODERS})
-    vis_threshold: float = _help("A keypoint is predicted visible when its heatmap peak >= this.", default=0.5)
+    vis_threshold: float = _help("A keypoint is predicted visible when its heatmap peak >= this (focal-loss "
+                                 "heatmaps peak below 1; the summary reports the best-F1 threshold).", default=0.2)
     visualize: str = _help("Figures for the first N images, or 'all'.", default="16")
     upscale: int = _help("Upscaling of the model-input overlays.", default=4)
     progress: bool = _help("Show progress bars.", default=True)
