@@ -104,23 +104,23 @@ class MaskedL1Loss(keras.losses.Loss):
         return masked_l1_loss(y_true, y_pred)
 
 
-@keras.saving.register_keras_serializable(package="keypoints")
-class PixelError(keras.metrics.Metric):
-    """Mean Euclidean error of visible keypoints in model-input pixels, accumulated over an epoch.
+class _VisibleKeypointMean(keras.metrics.Metric):
+    """Epoch mean of a per-keypoint value over visible keypoints; subclasses give the value."""
 
-    Attached to the ``coords`` output it is logged as ``coords_px_error`` (``val_coords_px_error``).
-    """
-
-    def __init__(self, img_size: int = 128, name: str = "px_error", **kwargs):
+    def __init__(self, img_size: int = 128, name: str = "visible_mean", **kwargs):
         kwargs.pop("dtype", None)
         super().__init__(name=name, dtype="float32", **kwargs)
         self.img_size = int(img_size)
         self.total = self.add_variable(shape=(), initializer="zeros", name="total", dtype="float32")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count", dtype="float32")
 
+    def value(self, err):
+        """(B, K) pixel errors -> (B, K) values to average."""
+        raise NotImplementedError
+
     def update_state(self, y_true, y_pred, sample_weight=None):
         err, vis = pixel_errors(y_true, y_pred, self.img_size)
-        self.total.assign_add(ops.sum(err))
+        self.total.assign_add(ops.sum(self.value(err) * vis))
         self.count.assign_add(ops.sum(vis))
 
     def result(self):
@@ -135,31 +135,32 @@ class PixelError(keras.metrics.Metric):
 
 
 @keras.saving.register_keras_serializable(package="keypoints")
-class PCK(keras.metrics.Metric):
+class PixelError(_VisibleKeypointMean):
+    """Mean Euclidean error of visible keypoints in model-input pixels, accumulated over an epoch.
+
+    Attached to the ``coords`` output it is logged as ``coords_px_error`` (``val_coords_px_error``).
+    """
+
+    def __init__(self, img_size: int = 128, name: str = "px_error", **kwargs):
+        super().__init__(img_size=img_size, name=name, **kwargs)
+
+    def value(self, err):
+        return err
+
+
+@keras.saving.register_keras_serializable(package="keypoints")
+class PCK(_VisibleKeypointMean):
     """Fraction of visible keypoints within ``threshold_px`` model-input pixels, over an epoch.
 
     Attached to ``coords`` as ``PCK(2.0)`` it is logged as ``coords_pck_2px`` (``val_coords_pck_2px``).
     """
 
     def __init__(self, threshold_px: float = 2.0, img_size: int = 128, name: str | None = None, **kwargs):
-        kwargs.pop("dtype", None)
-        super().__init__(name=name or f"pck_{threshold_px:g}px", dtype="float32", **kwargs)
         self.threshold_px = float(threshold_px)
-        self.img_size = int(img_size)
-        self.hits = self.add_variable(shape=(), initializer="zeros", name="hits", dtype="float32")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count", dtype="float32")
+        super().__init__(img_size=img_size, name=name or f"pck_{threshold_px:g}px", **kwargs)
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        err, vis = pixel_errors(y_true, y_pred, self.img_size)
-        self.hits.assign_add(ops.sum(ops.cast(err <= self.threshold_px, "float32") * vis))
-        self.count.assign_add(ops.sum(vis))
-
-    def result(self):
-        return self.hits / ops.maximum(self.count, 1.0)
-
-    def reset_state(self):
-        self.hits.assign(0.0)
-        self.count.assign(0.0)
+    def value(self, err):
+        return ops.cast(err <= self.threshold_px, "float32")
 
     def get_config(self):
-        return {"threshold_px": self.threshold_px, "img_size": self.img_size, "name": self.name}
+        return super().get_config() | {"threshold_px": self.threshold_px}

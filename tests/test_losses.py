@@ -63,3 +63,14 @@ def test_pixel_error_metric_accumulates_visible_only():
     np.testing.assert_allclose(float(m.result()), (5.0 + 0 + 0) / 3, rtol=1e-4)
     clone = PixelError.from_config(m.get_config())
     assert clone.img_size == 100 and clone.name == m.name
+
+
+def test_pck_metric_counts_visible_within_threshold():
+    from pipeline.losses import PCK
+
+    t = np.array([[0.5, 0.5, 0.2, 0.2, -1, -1]], np.float32)  # keypoint 2 not visible
+    p = np.array([[0.51, 0.5, 0.25, 0.2, 0.0, 0.0]], np.float32)  # errors 1.0 px and 5.0 px at S=100
+    m = PCK(2.0, img_size=100)
+    m.update_state(t, p)
+    assert float(m.result()) == 0.5
+    assert PCK.from_config(m.get_config()).threshold_px == 2.0

@@ -3,8 +3,8 @@
 DATA_ROOT/Rendered_Images/<stem>.png, DATA_ROOT/JSON_Data_REF/<stem>.json,
 DATA_ROOT/Object_Information/mesh_information.json; stems img_000000, ...
 Image i is rendered from its own RNG seeded with (seed, i), so output does not
-depend on the number of workers. Every file is written to <name>.tmp first and
-then moved into place with os.replace.
+depend on the number of workers. Every file is written to a temporary sibling
+and renamed into place (``pipeline.arrays.atomic_path``).
 """
 from __future__ import annotations
 
@@ -20,13 +20,16 @@ from typing import Optional, Sequence, Union
 
 from tqdm import tqdm
 
+from pipeline.annotations import ANNOTATIONS_DIR, IMAGES_DIR, MESH_DIR
+from pipeline.arrays import atomic_path
+
 from .backgrounds import KINDS
 from .meshes import Mesh, MeshError, load_mesh
 from .png import encode_png
 from .render import render_sample
 from .shading import FaceFrames
 
-IMAGES_DIR, JSON_DIR, INFO_DIR = "Rendered_Images", "JSON_Data_REF", "Object_Information"
+JSON_DIR, INFO_DIR = ANNOTATIONS_DIR, MESH_DIR
 MESH_FILE = "mesh_information.json"
 
 
@@ -35,11 +38,8 @@ def stem_for(index: int) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to <path>.tmp, then os.replace it onto path."""
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: Path, obj) -> None:
