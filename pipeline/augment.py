@@ -1,7 +1,9 @@
-"""Photometric augmentation of image batches (pure TensorFlow functions, no geometric changes).
+"""Augmentation of training batches (pure TensorFlow functions).
 
-All functions take and return (B, H, W, 3) float32 RGB in 0..255 and draw independent random
-parameters per image, so keypoint targets stay valid. They are mapped over training batches only.
+Photometric functions take and return (B, H, W, 3) float32 RGB in 0..255 and draw independent
+random parameters per image; they leave keypoints where they are. :func:`random_affine` moves the
+image and its keypoints together (in-plane rotation, scale, shift: what a camera roll or a change of
+range or pointing does), in the continuous corner-origin convention of ``pipeline.geometry``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class AugmentConfig:
     contrast_range: float = 0.3  # factor in [1 - r, 1 + r]
     noise_prob: float = 0.0
     noise_std_max: float = 8.0  # in 0..255 units
+    affine_prob: float = 0.0
+    rotate_max_deg: float = 180.0  # in-plane rotation drawn in [-max, max]
+    scale_range: float = 0.2  # zoom factor drawn log-uniformly in [1/(1 + r), 1 + r]
+    shift_max: float = 0.1  # shift drawn in [-max, max] of the image side, per axis
 
 
 def _per_image(prob, batch):
@@ -80,3 +86,54 @@ def augment_batch(images, cfg: AugmentConfig):
     if cfg.noise_prob > 0:
         x = noise(x, cfg.noise_prob, cfg.noise_std_max)
     return x
+
+
+def affine_params(batch, prob: float, rotate_max_deg: float, scale_range: float, shift_max: float):
+    """Random per-image (angle rad, scale, shift_x, shift_y (fractions of the side)); identity where not drawn."""
+    on = tf.cast(tf.random.uniform([batch]) < prob, tf.float32)
+    ang = tf.random.uniform([batch], -1.0, 1.0) * (rotate_max_deg * 3.141592653589793 / 180.0) * on
+    log_s = tf.math.log(1.0 + scale_range)
+    scale = tf.exp(tf.random.uniform([batch], -log_s, log_s) * on)
+    shift = tf.random.uniform([batch, 2], -shift_max, shift_max) * on[:, None]
+    return ang, scale, shift[:, 0], shift[:, 1]
+
+
+def warp_affine(images, coords, visible, ang, scale, sx, sy):
+    """Rotate by ``ang`` and scale by ``scale`` about the image centre, then shift by (sx, sy) * side.
+
+    images (B, S, S, C) float32; coords (B, K, 2) normalised, visible (B, K) bool. Returns the warped
+    images (zero outside the source), the moved coordinates, and visibility cleared for keypoints
+    that leave ``[0, 1)``. Invisible keypoints keep their coordinates untouched.
+    """
+    s = tf.cast(tf.shape(images)[1], tf.float32)
+    cos, sin = tf.cos(ang), tf.sin(ang)
+    # forward, normalised: p' = 0.5 + scale * R (p - 0.5) + shift
+    d = coords - 0.5
+    fx = 0.5 + scale[:, None] * (cos[:, None] * d[..., 0] - sin[:, None] * d[..., 1]) + sx[:, None]
+    fy = 0.5 + scale[:, None] * (sin[:, None] * d[..., 0] + cos[:, None] * d[..., 1]) + sy[:, None]
+    moved = tf.stack([fx, fy], axis=-1)
+    inside = tf.reduce_all((moved >= 0.0) & (moved < 1.0), axis=-1)
+    new_vis = tf.logical_and(visible, inside)
+    new_coords = tf.where(visible[..., None], moved, coords)
+    # inverse, in pixel-centre index coordinates (p = idx + 0.5), as ImageProjectiveTransformV3 wants:
+    # idx_in = A idx_out + b with A = R(-ang) / scale and b = (c - 0.5) - A (c + shift * S - 0.5), c = S / 2
+    inv = 1.0 / scale
+    a00, a01, a10, a11 = cos * inv, sin * inv, -sin * inv, cos * inv
+    c = s / 2.0
+    ox, oy = c + sx * s - 0.5, c + sy * s - 0.5
+    b0 = (c - 0.5) - (a00 * ox + a01 * oy)
+    b1 = (c - 0.5) - (a10 * ox + a11 * oy)
+    zeros = tf.zeros_like(ang)
+    transforms = tf.stack([a00, a01, b0, a10, a11, b1, zeros, zeros], axis=1)
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")
+    warped.set_shape(images.shape)
+    return warped, new_coords, new_vis
+
+
+def random_affine(images, coords, visible, cfg: AugmentConfig):
+    """:func:`warp_affine` with parameters drawn per image from ``cfg`` (``affine_prob`` of the batch)."""
+    ang, scale, sx, sy = affine_params(tf.shape(images)[0], cfg.affine_prob, cfg.rotate_max_deg,
+                                       cfg.scale_range, cfg.shift_max)
+    return warp_affine(images, coords, visible, ang, scale, sx, sy)

@@ -157,3 +157,46 @@ class ElapsedTime(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self._t0 is not None:
             logs["elapsed_s"] = self.base + time.perf_counter() - self._t0
+
+
+def cosine_lr(progress: float, base_lr: float, warmup: float, total: float, floor: float = 0.0) -> float:
+    """Learning rate at ``progress`` epochs into a phase: linear warm-up, then cosine decay to ``floor``."""
+    if warmup > 0 and progress < warmup:
+        return base_lr * max(progress, 0.0) / warmup
+    span = max(total - warmup, 1e-9)
+    t = min(max((progress - warmup) / span, 0.0), 1.0)
+    return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class CosineSchedule(keras.callbacks.Callback):
+    """Per-step warm-up + cosine decay of the optimizer's learning rate over one training phase.
+
+    A callback rather than a ``LearningRateSchedule`` object: it is driven by the epoch index Keras
+    hands it, so a run resumed by ``BackupAndRestore`` lands at the same point of the curve, and a
+    phase that starts at ``initial_epoch`` decays over its own epochs only. ``learning_rate`` is
+    added to the epoch logs (CSV, TensorBoard).
+    """
+
+    def __init__(self, base_lr: float, epochs: int, warmup_epochs: float = 1.0, start_epoch: int = 0,
+                 floor: float = 0.0):
+        super().__init__()
+        self.base_lr, self.epochs, self.warmup = float(base_lr), int(epochs), float(warmup_epochs)
+        self.start, self.floor = int(start_epoch), float(floor)
+        self._epoch = 0
+
+    def _set(self, progress: float) -> None:
+        lr = cosine_lr(progress, self.base_lr, self.warmup, self.epochs, self.floor)
+        self.model.optimizer.learning_rate.assign(lr)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch - self.start
+        self._set(self._epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = (self.params or {}).get("steps") or 0
+        if steps:
+            self._set(self._epoch + batch / steps)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

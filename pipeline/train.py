@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline import model_io
 from pipeline.arrays import load_dataset, write_json
-from pipeline.callbacks import BestModelCheckpoint, ElapsedTime, HeatmapImages, Throughput
+from pipeline.callbacks import BestModelCheckpoint, CosineSchedule, ElapsedTime, HeatmapImages, Throughput
 from pipeline.distribute import (global_batch_size, prepare_multiworker_fit, resolve_strategy, scratch_dir,
                                  sync_batchnorm, worker_shards)
 from pipeline.input_data import check_dataset, make_dataset, split_indices
@@ -68,6 +68,16 @@ def _build(mcfg: ModelConfig, weights: str):
     return model, weights_arg is not None, note
 
 
+def _lr_callback(cfg, phase: int, monitor: str, chief: bool):
+    """The phase's learning-rate control: ReduceLROnPlateau, or the per-step cosine schedule."""
+    if cfg.lr_schedule == "cosine":
+        if phase == 1:
+            return CosineSchedule(cfg.learning_rate, cfg.epochs, cfg.warmup_epochs)
+        return CosineSchedule(cfg.fine_tune_lr, cfg.fine_tune_epochs, 0.0, start_epoch=cfg.epochs)
+    return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_factor, patience=cfg.lr_patience,
+                                             verbose=1 if chief else 0)
+
+
 def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_images, throughput, dist):
     """Callbacks of one phase. Only the chief logs (CSV, TensorBoard, images); every worker backs up and
     checkpoints, because those saves are collectives under MultiWorkerMirroredStrategy (non-chief
@@ -77,8 +87,7 @@ def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_
     cbs += [
         keras.callbacks.BackupAndRestore(str(out_dir / "backup" / f"phase{phase}"), delete_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_factor, patience=cfg.lr_patience,
-                                          verbose=1 if chief else 0),
+        _lr_callback(cfg, phase, monitor, chief),
         BestModelCheckpoint(out_dir / "best_model.keras", meta, monitor=monitor),
     ]
     if chief:

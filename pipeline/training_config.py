@@ -14,6 +14,8 @@ from pipeline.distribute import BATCH_MODES, CLUSTERS, STRATEGIES
 from pipeline.model import BACKBONES, ModelConfig
 from pipeline.precision import PRECISIONS
 
+LR_SCHEDULES = ("plateau", "cosine")
+
 
 def _f(default, text, **meta):
     return field(default=default, metadata={"help": text, **meta})
@@ -49,6 +51,10 @@ class TrainConfig:
     lambda_coords: float = _f(5.0, "Weight of the masked L1 coordinate loss.")
     focal_alpha: float = _f(0.25, "Focal loss alpha.")
     focal_gamma: float = _f(2.0, "Focal loss gamma.")
+    lr_schedule: str = _f("plateau", "plateau: ReduceLROnPlateau on the monitored loss (seed 001); cosine: linear "
+                          "warm-up for WARMUP_EPOCHS, then cosine decay to zero over each phase.",
+                          choices=LR_SCHEDULES)
+    warmup_epochs: float = _f(1.0, "Warm-up length of --lr-schedule cosine (epochs, fractions allowed).")
     lr_factor: float = _f(0.8, "ReduceLROnPlateau factor.")
     lr_patience: int = _f(10, "ReduceLROnPlateau patience (epochs).")
     early_stopping: int = _f(0, "EarlyStopping patience on val_loss (0: off).")
@@ -61,6 +67,11 @@ class TrainConfig:
     darken_min: float = _f(0.5, "Smallest brightness factor.")
     contrast_prob: float = _f(0.0, "Probability of a random contrast change.")
     noise_prob: float = _f(0.0, "Probability of additive Gaussian noise.")
+    affine_prob: float = _f(0.0, "Probability of a random in-plane rotation/scale/shift of a training image "
+                            "and its keypoints (keypoints moved out of the frame become invisible).")
+    rotate_max_deg: float = _f(180.0, "Largest rotation of the geometric augmentation (degrees).")
+    scale_range: float = _f(0.2, "Zoom of the geometric augmentation: factor in [1/(1+R), 1+R].")
+    shift_max: float = _f(0.1, "Largest shift of the geometric augmentation, as a fraction of the image side.")
     # runtime
     precision: str = _f("auto", "Numeric precision policy.", choices=PRECISIONS)
     jit: bool = _f(False, "XLA jit_compile (slower on CPU: XLA bypasses oneDNN).")
@@ -81,7 +92,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive. Received: {name}={getattr(self, name)}")
         if not 0.0 <= self.val_split < 1.0:
             raise ValueError(f"val_split must be in [0, 1). Received: val_split={self.val_split}")
-        for name, allowed in (("strategy", STRATEGIES), ("cluster", CLUSTERS), ("batch_size_mode", BATCH_MODES)):
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("strategy", STRATEGIES), ("cluster", CLUSTERS), ("batch_size_mode", BATCH_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}. Received: {name}={getattr(self, name)!r}")
 
@@ -91,7 +102,9 @@ class TrainConfig:
 
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(blur_prob=self.blur_prob, darken_prob=self.darken_prob, darken_min=self.darken_min,
-                             contrast_prob=self.contrast_prob, noise_prob=self.noise_prob)
+                             contrast_prob=self.contrast_prob, noise_prob=self.noise_prob,
+                             affine_prob=self.affine_prob, rotate_max_deg=self.rotate_max_deg,
+                             scale_range=self.scale_range, shift_max=self.shift_max)
 
 
 # ``paper`` = seed 001 exactly (ResNet-50 trains at ~1 image/s on 2 CPU cores, float32, batch 16).

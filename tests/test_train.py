@@ -120,3 +120,30 @@ def test_fine_tune_phase_continues_epoch_count(data_dir, tmp_path):
     run = tmp_path / "logs" / "ft"
     assert _csv_epochs(run / "history.csv") == [0, 1]
     assert (run / "phase1_done.weights.h5").is_file()
+
+
+def test_cosine_schedule_and_geometric_augmentation_train(data_dir, tmp_path):
+    train_vis.main(_args(data_dir, tmp_path, "cos", "--epochs", "3", "--lr-schedule", "cosine", "--warmup-epochs",
+                         "0.5", "--learning-rate", "2e-3", "--affine-prob", "1", "--image-every", "0"))
+    with open(tmp_path / "logs" / "cos" / "history.csv") as f:
+        lrs = [float(r["learning_rate"]) for r in csv.DictReader(f)]
+    # the rate of each epoch's last step (41 training samples: 5 steps of 8): cosine after a half-epoch warm-up
+    expected = [2e-3 * 0.5 * (1 + np.cos(np.pi * (e + 4 / 5 - 0.5) / 2.5)) for e in range(3)]
+    np.testing.assert_allclose(lrs, expected, rtol=0.05, atol=1e-7)
+
+
+def test_geometric_augmentation_moves_targets_with_the_images(data_dir):
+    from pipeline.augment import AugmentConfig
+
+    ds = load_dataset(data_dir)
+    aug = AugmentConfig(blur_prob=0, darken_prob=0, affine_prob=1.0, rotate_max_deg=30, shift_max=0.05)
+    idx = np.arange(len(ds))
+    data = make_dataset(ds, idx, 8, True, sigma=1.5, heat_size=16, augment=aug, seed=0)
+    x, y = next(iter(data))
+    coords = y["coords"].numpy().reshape(8, -1, 2)
+    vis = coords[..., 0] >= 0
+    assert vis.any() and ((coords[vis] >= 0) & (coords[vis] < 1)).all()
+    peaks = y["heatmaps"].numpy().max(axis=(1, 2))
+    assert np.allclose(peaks[~vis], 0.0) and np.allclose(peaks[vis], 1.0, atol=0.25)
+    with pytest.raises(ValueError, match="heatmap-source render"):
+        make_dataset(ds, idx, 8, True, sigma=1.5, heat_size=16, augment=aug, stored_heatmaps=True)

@@ -155,19 +155,27 @@ def validate_mesh(mesh: Mesh, source: str = "mesh") -> Mesh:
 
 
 def _spacecraft() -> Mesh:
+    """A bus with a nose antenna and two unequal solar wings.
+
+    Shape and materials are deliberately asymmetric: no rotation maps the object onto itself, so
+    every vertex's identity can be told from the image (a symmetric object makes keypoint labels
+    ambiguous and no detector can then beat chance on the swapped pairs).
+    """
     a, b, c = 0.5, 0.28, 0.55  # bus half extents
     v = [(-a, -b, -c), (a, -b, -c), (a, b, -c), (-a, b, -c),
          (-a, -b, c), (a, -b, c), (a, b, c), (-a, b, c),
-         (0.08, 0.02, 1.3),      # 8: antenna / nose apex
-         (2.6, 0.0, 0.12),       # 9: +x solar wing tip
-         (-2.4, 0.0, -0.06)]     # 10: -x solar wing tip
+         (0.18, 0.10, 1.3),      # 8: antenna / nose apex, off-centre
+         (2.6, 0.0, 0.12),       # 9: +x solar wing tip, long and level
+         (-1.7, 0.08, -0.45)]    # 10: -x wing tip, short and swept down
     faces = [[0, 3, 2, 1], [0, 1, 5, 4], [2, 3, 7, 6]]
-    mats = [DARK, GOLD, GOLD]
-    for quad, apex, mat in (([1, 2, 6, 5], 9, SOLAR), ([3, 0, 4, 7], 10, SOLAR),
-                            ([4, 5, 6, 7], 8, WHITE)):
+    mats = [DARK, GOLD, WHITE]   # bottom, -y side, +y side
+    pyramids = (([1, 2, 6, 5], 9, (SOLAR, SOLAR, SOLAR, SOLAR)),
+                ([3, 0, 4, 7], 10, (SOLAR, DARK, SOLAR, DARK)),
+                ([4, 5, 6, 7], 8, (GOLD, WHITE, WHITE, DARK)))
+    for quad, apex, face_mats in pyramids:
         for i in range(4):
             faces.append([quad[i], quad[(i + 1) % 4], apex])
-            mats.append(mat)
+            mats.append(face_mats[i])
     return Mesh(np.array(v), faces, "spacecraft", mats)
 
 
