@@ -50,7 +50,7 @@ def bench_train(work: Path, quick: bool) -> dict:
     from pipeline.precision import resolve_precision
 
     rows = {"naive_f32_b16": run_child("benchmarks.train_bench", "run_naive", preset=preset, batch=16, steps=steps)}
-    best = resolve_precision("auto")[0]
+    best = resolve_precision("auto", "resnet50" if preset == "paper" else "resnet18ish")[0]
     for precision in dict.fromkeys(("float32", best)):  # the best setting once where it is float32
         rows[f"pipeline_{precision}_b16"] = run_child("benchmarks.train_bench", "run_pipeline", preset=preset,
                                                       batch=16, precision=precision, steps=steps)
@@ -150,6 +150,8 @@ def main(argv=None) -> dict:
                         help="Also time training at batch 64 (the paper model takes minutes per row on a CPU).")
     parser.add_argument("--work-dir", default="", help="Scratch folder (default: a temporary one).")
     parser.add_argument("--out", default="benchmarks/results", help="Folder of the results JSON.")
+    parser.add_argument("--fresh", action="store_true",
+                        help="Overwrite the day's results file instead of merging the sections run now into it.")
     args = parser.parse_args(argv)
     LARGE_BATCH["on"] = args.large_batch
     info = machine.describe()
@@ -161,6 +163,11 @@ def main(argv=None) -> dict:
             results[section] = globals()[f"bench_{section}"](work, args.quick)
     out = Path(args.out) / f"{machine.slug(info)}-{results['date']}{'-quick' if args.quick else ''}.json"
     from pipeline.arrays import write_json
+
+    if out.is_file() and not args.fresh:  # sections run earlier the same day on this machine are kept
+        earlier = json.loads(out.read_text())
+        if earlier.get("machine") == info:
+            results = {**earlier, **results}
 
     write_json(out, results)
     print(table(results))

@@ -65,6 +65,6 @@ def run(work_dir: str, recipe: str = "full") -> dict:
     times["evaluate_s"] = _run([py, "use_vis.py", "--model", model, "--input", work / "test",
                                 "--out-dir", work / "predictions", "--visualize", "4", "--no-progress"], log)
     summary = json.loads((work / "predictions" / "evaluation_summary.json").read_text())
-    reach = first_epoch_reaching(work / "logs" / "bench" / "history.csv", "val_coords_pck_2px", 0.95)
+    reach = first_epoch_reaching(work / "logs" / "bench" / "history.csv", "val_heatmaps_peak_pck_2px", 0.95)
     return {"recipe": recipe, **{k: v for k, v in r.items() if k != "extra"}, **times,
             "time_to_val_pck2_95": reach, "summary": summary}

@@ -36,6 +36,14 @@ def gpu_name() -> str:
         return ""
 
 
+def isa_level(flags: set) -> str:
+    """The widest matrix-math extension: amx, avx512bf16, avx512, avx2 or base (names results files apart)."""
+    for flag, name in (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2")):
+        if flag in flags:
+            return name
+    return "base"
+
+
 def describe() -> dict:
     import numpy as np
 
@@ -51,6 +59,7 @@ def describe() -> dict:
         "cores": os.cpu_count(),
         "cpu_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
         "cpu_avx512": "avx512f" in flags,
+        "cpu_isa": isa_level(flags),
         "gpu": gpu_name() or "none",
         "tensorflow": tf_version,
         "numpy": np.__version__,
@@ -59,5 +68,6 @@ def describe() -> dict:
 
 
 def slug(info: dict) -> str:
-    name = info["gpu"] if info["gpu"] != "none" else info["cpu"]
+    """File-name stem: GPU name, or CPU model plus its ISA level (one CPU model name covers several)."""
+    name = info["gpu"] if info["gpu"] != "none" else f"{info['cpu']}-{info.get('cpu_isa', '')}"
     return "".join(c if c.isalnum() else "-" for c in f"{name}-{info['cores']}c").strip("-").lower()

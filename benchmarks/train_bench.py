@@ -17,11 +17,15 @@ def _model_cfg(preset: str, img_size: int, k: int):
     return cfg, cfg.model_config(img_size, k)
 
 
-def _timed_fit(model, data, steps: int, warmup: int, batch: int) -> float:
+def _timed_fit(model, data, steps: int, warmup: int, batch: int, repeats: int = 3) -> float:
+    """Median images/s over ``repeats`` timed runs (a shared VM's speed drifts from run to run)."""
     model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0)
-    t = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps * batch / (time.perf_counter() - t)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+        rates.append(steps * batch / (time.perf_counter() - t))
+    return float(np.median(rates))
 
 
 def run_pipeline(preset: str = "paper", batch: int = 16, precision: str = "auto", jit: bool = False,

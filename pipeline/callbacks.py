@@ -34,7 +34,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             return
         self.best = float(value)
         best = {"monitor": self.monitor, "value": self.best, "epoch": epoch + 1,
-                **{k: float(v) for k, v in (logs or {}).items() if "px_error" in k}}
+                **{k: float(v) for k, v in (logs or {}).items() if "px_error" in k or "pck" in k}}
         model_io.save_model(self.model, self.path, {**self.meta, "best": best})
 
 

@@ -129,3 +129,45 @@ def decode_peak(heatmaps, refine: bool = True, eps: float = 1e-10):
         dx, dy = np.clip(dx, -1.0, 1.0), np.clip(dy, -1.0, 1.0)
     xy = np.stack([(c + 0.5 + dx) / s, (r + 0.5 + dy) / s], axis=-1)
     return xy.reshape(lead + (k, 2)), conf.reshape(lead + (k,))
+
+
+def decode_peak_tf(heatmaps, eps: float = 1e-10):
+    """TensorFlow twin of :func:`decode_peak` (same arg-max, Newton step, guards and clipping).
+
+    Used inside the model's metrics, so training reports the error of the decoder used at inference.
+
+    Args:
+        heatmaps: (B, S, S, K).
+    Returns:
+        xy: (B, K, 2) float32 normalised (x, y); confidence: (B, K) peak heatmap value.
+    """
+    import tensorflow as tf
+
+    h = tf.transpose(tf.cast(heatmaps, tf.float32), [0, 3, 1, 2])  # (B, K, S, S)
+    s = int(h.shape[-1])
+    flat = tf.reshape(h, tf.concat([tf.shape(h)[:2], [s * s]], 0))
+    idx = tf.argmax(flat, axis=-1, output_type=tf.int32)
+    conf = tf.reduce_max(flat, axis=-1)
+    r, c = idx // s, idx % s
+    dx = dy = tf.zeros_like(conf)
+    if s >= 3:
+        logm = tf.math.log(tf.maximum(h, eps))
+        rr, cc = tf.clip_by_value(r, 1, s - 2), tf.clip_by_value(c, 1, s - 2)
+
+        def at(dr, dc):
+            return tf.gather_nd(logm, tf.stack([rr + dr, cc + dc], axis=-1), batch_dims=2)
+
+        l0 = at(0, 0)
+        gx = 0.5 * (at(0, 1) - at(0, -1))
+        gy = 0.5 * (at(1, 0) - at(-1, 0))
+        hxx = at(0, 1) - 2 * l0 + at(0, -1)
+        hyy = at(1, 0) - 2 * l0 + at(-1, 0)
+        hxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+        det = hxx * hyy - hxy * hxy
+        ok = (hxx < 0) & (det > 0) & tf.equal(r, rr) & tf.equal(c, cc)
+        safe = tf.where(ok, det, tf.ones_like(det))
+        dx = tf.clip_by_value(tf.where(ok, -(hyy * gx - hxy * gy) / safe, 0.0), -1.0, 1.0)
+        dy = tf.clip_by_value(tf.where(ok, -(hxx * gy - hxy * gx) / safe, 0.0), -1.0, 1.0)
+    x = (tf.cast(c, tf.float32) + 0.5 + dx) / s
+    y = (tf.cast(r, tf.float32) + 0.5 + dy) / s
+    return tf.stack([x, y], axis=-1), conf

@@ -104,13 +104,37 @@ class MaskedL1Loss(keras.losses.Loss):
         return masked_l1_loss(y_true, y_pred)
 
 
-class _VisibleKeypointMean(keras.metrics.Metric):
-    """Epoch mean of a per-keypoint value over visible keypoints; subclasses give the value."""
+def peak_pixel_errors(heat_true, heat_pred, img_size: int):
+    """Errors of the arg-max + log-quadratic peak decoder (the default at inference), in input pixels.
 
-    def __init__(self, img_size: int = 128, name: str = "visible_mean", **kwargs):
+    Attached to the ``heatmaps`` output, a metric sees only heatmap targets, so the true position is
+    decoded from the rendered Gaussian target the same way (exact for a Gaussian whose peak pixel is
+    not on the map's border); a keypoint counts as visible where its target peaks above 0.5.
+    Returns (B, K) float32 errors (0 where not visible) and (B, K) visibility mask.
+    """
+    from pipeline.heatmaps import decode_peak_tf
+
+    xy_true, peak = decode_peak_tf(heat_true)
+    xy_pred, _ = decode_peak_tf(heat_pred)
+    vis = ops.cast(peak > 0.5, "float32")
+    d = (xy_pred - xy_true) * float(img_size)
+    return ops.sqrt(ops.sum(d * d, axis=-1) + 1e-12) * vis, vis
+
+
+class _VisibleKeypointMean(keras.metrics.Metric):
+    """Epoch mean of a per-keypoint value over visible keypoints; subclasses give the value.
+
+    ``decoder``: ``coords`` (attach to the coords output: its SoftArgMax coordinates) or ``peak``
+    (attach to the heatmaps output: :func:`peak_pixel_errors`).
+    """
+
+    def __init__(self, img_size: int = 128, name: str = "visible_mean", decoder: str = "coords", **kwargs):
         kwargs.pop("dtype", None)
         super().__init__(name=name, dtype="float32", **kwargs)
+        if decoder not in ("coords", "peak"):
+            raise ValueError(f"decoder must be 'coords' or 'peak'. Received: decoder={decoder!r}")
         self.img_size = int(img_size)
+        self.decoder = decoder
         self.total = self.add_variable(shape=(), initializer="zeros", name="total", dtype="float32")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count", dtype="float32")
 
@@ -119,7 +143,8 @@ class _VisibleKeypointMean(keras.metrics.Metric):
         raise NotImplementedError
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        err, vis = pixel_errors(y_true, y_pred, self.img_size)
+        errors = peak_pixel_errors if self.decoder == "peak" else pixel_errors
+        err, vis = errors(y_true, y_pred, self.img_size)
         self.total.assign_add(ops.sum(self.value(err) * vis))
         self.count.assign_add(ops.sum(vis))
 
@@ -131,18 +156,20 @@ class _VisibleKeypointMean(keras.metrics.Metric):
         self.count.assign(0.0)
 
     def get_config(self):
-        return {"img_size": self.img_size, "name": self.name}
+        return {"img_size": self.img_size, "name": self.name, "decoder": self.decoder}
 
 
 @keras.saving.register_keras_serializable(package="keypoints")
 class PixelError(_VisibleKeypointMean):
     """Mean Euclidean error of visible keypoints in model-input pixels, accumulated over an epoch.
 
-    Attached to the ``coords`` output it is logged as ``coords_px_error`` (``val_coords_px_error``).
+    Attached to the ``coords`` output it is logged as ``coords_px_error`` (``val_coords_px_error``); with
+    ``decoder="peak"`` on the ``heatmaps`` output as ``heatmaps_peak_px_error``.
     """
 
-    def __init__(self, img_size: int = 128, name: str = "px_error", **kwargs):
-        super().__init__(img_size=img_size, name=name, **kwargs)
+    def __init__(self, img_size: int = 128, name: str | None = None, decoder: str = "coords", **kwargs):
+        super().__init__(img_size=img_size, name=name or ("peak_px_error" if decoder == "peak" else "px_error"),
+                         decoder=decoder, **kwargs)
 
     def value(self, err):
         return err
@@ -155,9 +182,11 @@ class PCK(_VisibleKeypointMean):
     Attached to ``coords`` as ``PCK(2.0)`` it is logged as ``coords_pck_2px`` (``val_coords_pck_2px``).
     """
 
-    def __init__(self, threshold_px: float = 2.0, img_size: int = 128, name: str | None = None, **kwargs):
+    def __init__(self, threshold_px: float = 2.0, img_size: int = 128, name: str | None = None,
+                 decoder: str = "coords", **kwargs):
         self.threshold_px = float(threshold_px)
-        super().__init__(img_size=img_size, name=name or f"pck_{threshold_px:g}px", **kwargs)
+        prefix = "peak_pck" if decoder == "peak" else "pck"
+        super().__init__(img_size=img_size, name=name or f"{prefix}_{threshold_px:g}px", decoder=decoder, **kwargs)
 
     def value(self, err):
         return ops.cast(err <= self.threshold_px, "float32")

@@ -26,7 +26,7 @@ from pathlib import Path
 import keras
 
 from pipeline import losses as _losses  # noqa: F401  (registers the losses and metric)
-from pipeline.layers import InputNormalization, SoftArgMax
+from pipeline.layers import FusedBatchNormalization, InputNormalization, SoftArgMax
 
 BACKBONES = ("resnet50", "resnet18ish", "mobilenetv2")
 _TAPS = {
@@ -137,7 +137,7 @@ def resolve_weights(cfg: ModelConfig, weights: str) -> tuple[str | None, str]:
 # -- backbones ----------------------------------------------------------------------------------
 def _conv_bn_relu(x, width, kernel, strides=1, name=""):
     x = keras.layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -145,10 +145,10 @@ def _basic_block(x, width, strides, name):
     shortcut = x
     if strides != 1 or x.shape[-1] != width:
         shortcut = keras.layers.Conv2D(width, 1, strides=strides, use_bias=False, name=f"{name}_proj")(x)
-        shortcut = keras.layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = FusedBatchNormalization(name=f"{name}_proj_bn")(shortcut)
     y = _conv_bn_relu(x, width, 3, strides, name=f"{name}_a")
     y = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
-    y = keras.layers.BatchNormalization(name=f"{name}_b_bn")(y)
+    y = FusedBatchNormalization(name=f"{name}_b_bn")(y)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
@@ -176,8 +176,27 @@ def build_backbone(cfg: ModelConfig, weights: str | None) -> keras.Model:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # non-224 input size warning
             base = keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=shape)
+    base = with_fused_batchnorm(base)
     outs = [base.get_layer(n).output for n in _TAPS[cfg.backbone]]
     return keras.Model(base.input, outs, name="backbone")
+
+
+def with_fused_batchnorm(model: keras.Model) -> keras.Model:
+    """A copy of a functional model whose BatchNormalization layers are FusedBatchNormalization.
+
+    Same layer names, configs and weights (ImageNet ones included); see FusedBatchNormalization for why.
+    """
+
+    def clone(layer):
+        if type(layer) is keras.layers.BatchNormalization:
+            return FusedBatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.weights:
+            copy.get_layer(layer.name).set_weights(layer.get_weights())
+    return copy
 
 
 # -- the full model -----------------------------------------------------------------------------

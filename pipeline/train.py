@@ -34,7 +34,11 @@ from pipeline.training_config import TrainConfig
 
 def compile_model(model, learning_rate: float, img_size: int, lambda_coords: float = 5.0,
                   alpha: float = 0.25, gamma: float = 2.0, jit: bool = False, replicas: int = 1) -> None:
-    """Adam + focal heatmap loss + lambda * masked L1 coords loss; metric ``coords_px_error``.
+    """Adam + focal heatmap loss + lambda * masked L1 coords loss.
+
+    Metrics: pixel error and PCK@2px of the SoftArgMax coordinates (``coords_px_error``,
+    ``coords_pck_2px``) and of the peak decoder used at inference (``heatmaps_peak_px_error``,
+    ``heatmaps_peak_pck_2px``).
 
     ``replicas``: replicas in sync (compile in the strategy's scope). Keras divides a per-sample loss by
     the replica count before the gradients are summed over replicas, but leaves a loss that is already
@@ -46,7 +50,8 @@ def compile_model(model, learning_rate: float, img_size: int, lambda_coords: flo
         optimizer=keras.optimizers.Adam(learning_rate),
         loss={"heatmaps": FocalHeatmapLoss(alpha, gamma), "coords": MaskedL1Loss()},
         loss_weights={"heatmaps": 1.0 / replicas, "coords": lambda_coords / replicas},
-        metrics={"coords": [PixelError(img_size), PCK(2.0, img_size)]},
+        metrics={"coords": [PixelError(img_size), PCK(2.0, img_size)],
+                 "heatmaps": [PixelError(img_size, decoder="peak"), PCK(2.0, img_size, decoder="peak")]},
         jit_compile=jit,
     )
 
@@ -203,7 +208,7 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
     out_dir.mkdir(parents=True, exist_ok=True)
     global_batch = global_batch_size(cfg.batch_size, cfg.batch_size_mode, dist.num_replicas)
 
-    policy, why = apply_precision(cfg.precision)  # the policy is global: set before building under the scope
+    policy, why = apply_precision(cfg.precision, cfg.backbone)  # the policy is global: set before building under the scope
     keras.utils.set_random_seed(cfg.seed)
     aug = cfg.augment_config() if cfg.augment else None
     own = worker_shards(cfg.data_dir, dist.num_workers, dist.worker_index)
@@ -304,9 +309,9 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
     if not chief:
         return summary
     write_json(run_dir / "summary.json", summary)
-    px = best.get("val_coords_px_error", best.get("coords_px_error", float("nan")))
+    px = best.get("val_heatmaps_peak_px_error", best.get("heatmaps_peak_px_error", float("nan")))
     _log(f"done in {summary['seconds']:.0f} s; best {best.get('monitor', monitor)} {best.get('value', float('nan')):.4f} "
-         f"at epoch {best.get('epoch', '?')}, best-model px error {px:.3f} px (input space); "
+         f"at epoch {best.get('epoch', '?')}, best-model peak-decoder error {px:.3f} px (input space); "
          f"{throughput.images_per_second:.1f} train images/s; model -> {cfg.model_out}")
     return summary
 

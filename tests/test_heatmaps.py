@@ -60,3 +60,20 @@ def test_peak_refinement_beats_plain_argmax():
 def test_invalid_sigma():
     with pytest.raises(ValueError, match="sigma"):
         hm.render(np.zeros((1, 2)), np.ones(1, bool), 8, 0.0)
+
+
+def test_tf_peak_decoder_matches_numpy_decoder():
+    from pipeline.heatmaps import decode_peak_tf
+
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0.05, 0.95, (3, 5, 2))
+    vis = np.ones((3, 5), bool)
+    maps = hm.render(xy, vis, 32, 1.7) * rng.uniform(0.5, 1.0, (3, 1, 1, 5)) + rng.uniform(0, 0.02, (3, 32, 32, 5))
+    ref, ref_conf = hm.decode_peak(maps)
+    got, conf = decode_peak_tf(maps.astype(np.float32))
+    np.testing.assert_allclose(got.numpy(), ref, atol=2e-5)
+    np.testing.assert_allclose(conf.numpy(), ref_conf, rtol=1e-6)
+    # clean Gaussians away from the border decode to their centres
+    clean, _ = decode_peak_tf(hm.render(xy, vis, 32, 1.7))
+    inner = np.all((xy > 2 / 32) & (xy < 30 / 32), axis=-1)
+    assert np.abs(clean.numpy() - xy)[inner].max() * 32 < 1e-3

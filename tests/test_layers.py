@@ -1,11 +1,12 @@
-"""SoftArgMax and InputNormalization: agreement with the numpy codec, gradients, config round trips."""
+"""SoftArgMax, InputNormalization, FusedBatchNormalization: agreement with references, gradients, configs."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipeline.heatmaps import render, soft_argmax
-from pipeline.layers import CAFFE_MEAN_BGR, InputNormalization, SoftArgMax
+from pipeline.layers import CAFFE_MEAN_BGR, FusedBatchNormalization, InputNormalization, SoftArgMax
 
 
 def _known_maps(seed=0, b=3, s=16, k=4):
@@ -72,3 +73,52 @@ def test_input_normalization_config_round_trip():
     assert layer.compute_output_shape((None, 8, 8, 3)) == (None, 8, 8, 3)
     with pytest.raises(ValueError, match="mode"):
         InputNormalization("torch")
+
+
+def _bn_pair(momentum=0.5):
+    keras_bn = keras.layers.BatchNormalization(momentum=momentum, epsilon=1e-3)
+    fused = FusedBatchNormalization(momentum=momentum, epsilon=1e-3)
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(1.0, 0.3, 7).astype(np.float32), rng.normal(0.0, 1.0, 7).astype(np.float32),
+               rng.normal(0.0, 1.0, 7).astype(np.float32), rng.uniform(0.5, 2.0, 7).astype(np.float32)]
+    for layer in (keras_bn, fused):
+        layer.build((4, 5, 6, 7))
+        layer.set_weights(weights)
+    return keras_bn, fused
+
+
+def test_fused_batchnorm_matches_keras_batchnorm():
+    x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, (4, 5, 6, 7)).astype(np.float32))
+    keras_bn, fused = _bn_pair()
+    # inference mode: moving statistics
+    np.testing.assert_allclose(fused(x, training=False), keras_bn(x, training=False), atol=1e-5)
+    # training mode: batch statistics, the same moving-average update, the same gradients
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        loss_k = tf.reduce_sum(keras_bn(x, training=True) ** 3)
+        loss_f = tf.reduce_sum(fused(x, training=True) ** 3)
+    np.testing.assert_allclose(loss_f, loss_k, rtol=1e-5)
+    for a, b in zip(keras_bn.weights, fused.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5, err_msg=a.name)
+    np.testing.assert_allclose(tape.gradient(loss_f, x), tape.gradient(loss_k, x), rtol=1e-4, atol=1e-3)
+    for a, b in zip(tape.gradient(loss_k, keras_bn.trainable_variables),
+                    tape.gradient(loss_f, fused.trainable_variables)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-2)
+    # a frozen layer normalises with its moving statistics even when training
+    fused.trainable = False
+    np.testing.assert_allclose(fused(x, training=True), keras_bn(x, training=False), atol=1e-5)
+
+
+def test_fused_batchnorm_bf16_and_round_trip():
+    x = np.random.default_rng(2).normal(0.0, 1.0, (2, 8, 8, 7)).astype(np.float32)
+    keras_bn, fused = _bn_pair()
+    bf16 = FusedBatchNormalization.from_config({**fused.get_config(), "dtype": "mixed_bfloat16"})
+    bf16.build(x.shape)
+    bf16.set_weights(fused.get_weights())
+    y = bf16(tf.cast(x, tf.bfloat16), training=True)
+    assert y.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(y, tf.float32), keras_bn(x, training=True), atol=0.05)
+    inp = keras.Input((8, 8, 7))
+    model = keras.Model(inp, FusedBatchNormalization(name="bn")(inp))
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert isinstance(restored.get_layer("bn"), FusedBatchNormalization)

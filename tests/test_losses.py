@@ -1,6 +1,7 @@
 """Focal heatmap loss, masked L1 and the pixel-error metric against hand-computed values."""
 
 import numpy as np
+import pytest
 
 from pipeline.losses import FocalHeatmapLoss, MaskedL1Loss, PixelError, focal_heatmap_loss, masked_l1_loss
 
@@ -74,3 +75,27 @@ def test_pck_metric_counts_visible_within_threshold():
     m.update_state(t, p)
     assert float(m.result()) == 0.5
     assert PCK.from_config(m.get_config()).threshold_px == 2.0
+
+
+def test_peak_metrics_decode_heatmaps_like_inference():
+    from pipeline.heatmaps import render
+    from pipeline.losses import PCK
+
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0.2, 0.8, (2, 3, 2))
+    vis = np.array([[True, True, False], [True, True, True]])
+    shift = np.zeros_like(xy)
+    shift[0, 0, 0] = 3.0 / 128  # 3 input px off
+    shift[1, 2, 1] = 1.0 / 128  # 1 input px off
+    truth = render(xy, vis, 64, 2.0)
+    pred = render(xy + shift, np.ones_like(vis), 64, 2.0)  # the invisible keypoint's map must not count
+    err = PixelError(img_size=128, decoder="peak")
+    err.update_state(truth, pred)
+    assert err.name == "peak_px_error"
+    np.testing.assert_allclose(float(err.result()), 4.0 / 5, atol=1e-3)
+    pck = PCK(2.0, img_size=128, decoder="peak")
+    pck.update_state(truth, pred)
+    np.testing.assert_allclose(float(pck.result()), 4 / 5, atol=1e-6)
+    assert PCK.from_config(pck.get_config()).decoder == "peak"
+    with pytest.raises(ValueError, match="decoder"):
+        PixelError(decoder="softmax")

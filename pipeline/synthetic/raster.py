@@ -94,7 +94,8 @@ def rasterize(tri_xy: np.ndarray, tri_z: np.ndarray, tri_ids: Sequence[int],
         if not inside.any():
             continue
         w0, w1, w2 = 1.0 / z[0], 1.0 / z[1], 1.0 / z[2]
-        zz = 1.0 / (np.float32(w0) + l1 * np.float32(w1 - w0) + l2 * np.float32(w2 - w0))
+        with np.errstate(divide="ignore", over="ignore"):  # only pixels outside the triangle blow up
+            zz = 1.0 / (np.float32(w0) + l1 * np.float32(w1 - w0) + l2 * np.float32(w2 - w0))
         dsub = depth[r0:r1 + 1, c0:c1 + 1]
         m = inside & (zz < dsub)
         dsub[m] = zz[m]
