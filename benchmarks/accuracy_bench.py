@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 RECIPES = {
-    "full": {"train_count": 1500, "test_count": 300, "train_seed": 1000, "test_seed": 2000, "preset": "cpu",
-             "extra": ["--epochs", "30", "--early-stopping", "8"]},
+    "full": {"train_count": 4000, "test_count": 300, "train_seed": 1000, "test_seed": 2000, "preset": "cpu",
+             "extra": ["--epochs", "45"]},
     "quick": {"train_count": 16, "test_count": 4, "train_seed": 1000, "test_seed": 2000, "preset": "tiny",
               "extra": ["--epochs", "1"], "size": ["--width", "320", "--height", "180"]},
 }

@@ -37,8 +37,8 @@ def run_pipeline(preset: str = "paper", batch: int = 16, precision: str = "auto"
     from pipeline.precision import apply_precision
     from pipeline.train import compile_model
 
-    policy, _ = apply_precision(precision)
     cfg, mcfg = _model_cfg(preset, img_size, k)
+    policy, _ = apply_precision(precision, cfg.backbone)
     with tempfile.TemporaryDirectory() as tmp:
         make_arrays(tmp, n=max(batch * 4, 64), k=k, img_size=img_size)
         ds = load_dataset(tmp)

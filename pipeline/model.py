@@ -144,7 +144,11 @@ def _conv_bn_relu(x, width, kernel, strides=1, name=""):
 def _basic_block(x, width, strides, name):
     shortcut = x
     if strides != 1 or x.shape[-1] != width:
-        shortcut = keras.layers.Conv2D(width, 1, strides=strides, use_bias=False, name=f"{name}_proj")(x)
+        if strides != 1:
+            # subsample, then a 1x1 conv: the same maths as a strided 1x1 conv, which oneDNN (TF 2.21,
+            # AVX-512 CPUs) crashes on with narrow inputs (8 channels)
+            shortcut = keras.layers.MaxPooling2D(1, strides, name=f"{name}_subsample")(x)
+        shortcut = keras.layers.Conv2D(width, 1, use_bias=False, name=f"{name}_proj")(shortcut)
         shortcut = FusedBatchNormalization(name=f"{name}_proj_bn")(shortcut)
     y = _conv_bn_relu(x, width, 3, strides, name=f"{name}_a")
     y = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)

@@ -86,3 +86,22 @@ def test_save_load_round_trip_in_fresh_process(tmp_path):
 def test_load_model_missing_file_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_vis.py"):
         load_model(tmp_path / "nope.keras")
+
+
+def test_narrow_resnet18ish_trains_at_128px():
+    """Width 8 at 128 px: a strided 1x1 projection there crashed oneDNN on AVX-512 CPUs (TF 2.21)."""
+    import keras
+
+    from pipeline.train import compile_model
+
+    cfg = ModelConfig(input_size=128, num_keypoints=3, backbone="resnet18ish", backbone_width=8,
+                      decoder_widths=(16, 8, 8, 8, 8))
+    model = build_model(cfg)
+    assert not [layer.name for layer in model.get_layer("backbone").layers
+                if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (1, 1) and layer.strides != (1, 1)]
+    compile_model(model, 1e-3, 128)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 128, 128, 3)).astype(np.float32)
+    y = {"heatmaps": np.zeros((8, 64, 64, 3), np.float32), "coords": rng.uniform(0, 1, (8, 6)).astype(np.float32)}
+    hist = model.fit(x, y, batch_size=4, epochs=2, verbose=0).history
+    assert np.isfinite(hist["loss"]).all() and hist["loss"][-1] < hist["loss"][0]
