@@ -177,6 +177,35 @@ def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0):
     return ds.batch(batch_size).prefetch(2), errors
 
 
+def single_batch(files, geometry: Geometry):
+    """The few-files path of :func:`predict_files`: one batch decoded in threads, without tf.data.
+
+    Building a tf.data pipeline costs more than decoding and predicting one image (measured: 156 ms
+    end to end per image through tf.data, against 30 ms decode + 38 ms model), which is what a
+    caller predicting one image at a time would pay on every call. Same output as
+    :func:`image_dataset` (as numpy arrays), as a one-element list.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [str(f) for f in files]
+    errors: dict[int, str] = {}
+    s = geometry.input_size
+
+    def load(i):
+        try:
+            x, (w, h) = load_model_input(files[i], geometry)
+            return x, (w, h), True
+        except ImageError as e:
+            errors[i] = str(e)
+            return np.zeros((s, s, 3), np.uint8), (0, 0), False
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
+        loaded = list(pool.map(load, range(len(files))))
+    batch = (np.arange(len(files)), np.stack([x for x, _, _ in loaded]),
+             np.array([wh for _, wh, _ in loaded], np.int32), np.array([ok for _, _, ok in loaded]))
+    return [batch], errors
+
+
 @dataclass
 class Predictions:
     """Model outputs for N files, decoded.
@@ -215,14 +244,14 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
     if decoder not in DECODERS:
         raise InferError(f"Unknown decoder {decoder!r}; choose one of {DECODERS}.")
     n = len(files)
-    ds, errors = image_dataset(files, geometry, batch_size)
+    ds, errors = (single_batch(files, geometry) if n <= min(batch_size, 4) else
+                  image_dataset(files, geometry, batch_size))
     xy = conf = None
     sizes, ok = np.zeros((n, 2), np.int64), np.zeros(n, bool)
     inputs, maps = [], []
     with tqdm(total=n, unit="img", desc=f"predict ({decoder})", disable=not progress) as bar:
         for idx, x, size, good in ds:
-            idx = idx.numpy()
-            x = x.numpy()
+            idx, x, size, good = (np.asarray(a) for a in (idx, x, size, good))
             b = len(idx)
             if n > batch_size and b < batch_size:  # pad the last batch: one traced shape only
                 pad = np.zeros((batch_size - b,) + x.shape[1:], x.dtype)
@@ -235,7 +264,7 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
                 xy = np.full((n,) + bxy.shape[1:], np.nan)
                 conf = np.zeros((n,) + bconf.shape[1:])
             xy[idx], conf[idx] = bxy, bconf
-            sizes[idx], ok[idx] = size.numpy(), good.numpy()
+            sizes[idx], ok[idx] = size, good
             room = keep - sum(len(b) for b in inputs)
             if room > 0:
                 inputs.append(x[:room])

@@ -214,3 +214,22 @@ def test_decoders_read_the_right_output():
     soft, conf2 = decode({"heatmaps": maps, "coords": coords}, "softargmax")
     np.testing.assert_allclose(soft, xy + 0.01)
     np.testing.assert_array_equal(conf, conf2)
+
+
+def test_few_files_path_matches_the_tf_data_path(dataset, tiny_model, tmp_path):
+    from pipeline.infer import predict_files
+    from pipeline.model_io import load_model
+
+    model, _ = load_model(tiny_model)
+    g = Geometry(input_size=32, heatmap_size=16)
+    files = sorted((Path(dataset) / "Rendered_Images").iterdir())[:2]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    files = [files[0], bad, files[1]]
+    few = predict_files(model, files, g, batch_size=32, progress=False)  # 3 files: one batch, no tf.data
+    many = predict_files(model, files, g, batch_size=2, progress=False)  # batches of 2 through tf.data
+    assert few.ok.tolist() == many.ok.tolist() == [True, False, True]
+    assert set(few.errors) == set(many.errors) == {1} and "broken.png" in few.errors[1]
+    np.testing.assert_array_equal(few.sizes, many.sizes)
+    np.testing.assert_allclose(few.xy[few.ok], many.xy[many.ok], atol=1e-6)
+    assert np.isnan(few.xy[1]).all()
