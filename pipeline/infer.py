@@ -142,6 +142,17 @@ def collect_inputs(paths, num_keypoints: int) -> InputSet:
     return out
 
 
+def _load_or_blank(files, i: int, geometry: Geometry, errors: dict):
+    """Model input, (W, H) and True for ``files[i]``; a black input, (0, 0) and False (error noted) if unreadable."""
+    try:
+        x, (w, h) = load_model_input(files[i], geometry)
+        return x, np.array([w, h], np.int32), np.bool_(True)
+    except ImageError as e:
+        errors[i] = str(e)
+        s = geometry.input_size
+        return np.zeros((s, s, 3), np.uint8), np.zeros(2, np.int32), np.bool_(False)
+
+
 def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0):
     """tf.data over image files: (index (B,), input (B, S, S, 3) uint8, (W, H) (B, 2), ok (B,)).
 
@@ -155,13 +166,7 @@ def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0):
     s = geometry.input_size
 
     def load(i):
-        i = int(i)
-        try:
-            x, (w, h) = load_model_input(files[i], geometry)
-            return x, np.array([w, h], np.int32), np.bool_(True)
-        except ImageError as e:
-            errors[i] = str(e)
-            return np.zeros((s, s, 3), np.uint8), np.zeros(2, np.int32), np.bool_(False)
+        return _load_or_blank(files, int(i), geometry, errors)
 
     def tf_load(i):
         x, size, ok = tf.numpy_function(load, [i], (tf.uint8, tf.int32, tf.bool), stateful=False)
@@ -189,21 +194,10 @@ def single_batch(files, geometry: Geometry):
 
     files = [str(f) for f in files]
     errors: dict[int, str] = {}
-    s = geometry.input_size
-
-    def load(i):
-        try:
-            x, (w, h) = load_model_input(files[i], geometry)
-            return x, (w, h), True
-        except ImageError as e:
-            errors[i] = str(e)
-            return np.zeros((s, s, 3), np.uint8), (0, 0), False
-
     with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
-        loaded = list(pool.map(load, range(len(files))))
-    batch = (np.arange(len(files)), np.stack([x for x, _, _ in loaded]),
-             np.array([wh for _, wh, _ in loaded], np.int32), np.array([ok for _, _, ok in loaded]))
-    return [batch], errors
+        loaded = list(pool.map(lambda i: _load_or_blank(files, i, geometry, errors), range(len(files))))
+    x, size, ok = (np.stack(part) for part in zip(*loaded))
+    return [(np.arange(len(files)), x, size, ok)], errors
 
 
 @dataclass
