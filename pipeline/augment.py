@@ -8,6 +8,7 @@ range or pointing does), in the continuous corner-origin convention of ``pipelin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -91,7 +92,7 @@ def augment_batch(images, cfg: AugmentConfig):
 def affine_params(batch, prob: float, rotate_max_deg: float, scale_range: float, shift_max: float):
     """Random per-image (angle rad, scale, shift_x, shift_y (fractions of the side)); identity where not drawn."""
     on = tf.cast(tf.random.uniform([batch]) < prob, tf.float32)
-    ang = tf.random.uniform([batch], -1.0, 1.0) * (rotate_max_deg * 3.141592653589793 / 180.0) * on
+    ang = tf.random.uniform([batch], -1.0, 1.0) * (rotate_max_deg * math.pi / 180.0) * on
     log_s = tf.math.log(1.0 + scale_range)
     scale = tf.exp(tf.random.uniform([batch], -log_s, log_s) * on)
     shift = tf.random.uniform([batch, 2], -shift_max, shift_max) * on[:, None]
@@ -102,8 +103,8 @@ def warp_affine(images, coords, visible, ang, scale, sx, sy):
     """Rotate by ``ang`` and scale by ``scale`` about the image centre, then shift by (sx, sy) * side.
 
     images (B, S, S, C) float32; coords (B, K, 2) normalised, visible (B, K) bool. Returns the warped
-    images (zero outside the source), the moved coordinates, and visibility cleared for keypoints
-    that leave ``[0, 1)``. Invisible keypoints keep their coordinates untouched.
+    images (zero outside the source), the moved coordinates, and the visibility, cleared for
+    keypoints that leave ``[0, 1)``; coordinates are -1 where not visible (the dataset convention).
     """
     s = tf.cast(tf.shape(images)[1], tf.float32)
     cos, sin = tf.cos(ang), tf.sin(ang)
@@ -114,7 +115,7 @@ def warp_affine(images, coords, visible, ang, scale, sx, sy):
     moved = tf.stack([fx, fy], axis=-1)
     inside = tf.reduce_all((moved >= 0.0) & (moved < 1.0), axis=-1)
     new_vis = tf.logical_and(visible, inside)
-    new_coords = tf.where(visible[..., None], moved, coords)
+    new_coords = tf.where(new_vis[..., None], moved, -1.0)
     # inverse, in pixel-centre index coordinates (p = idx + 0.5), as ImageProjectiveTransformV3 wants:
     # idx_in = A idx_out + b with A = R(-ang) / scale and b = (c - 0.5) - A (c + shift * S - 0.5), c = S / 2
     inv = 1.0 / scale

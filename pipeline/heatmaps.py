@@ -85,6 +85,28 @@ def soft_argmax(heatmaps, beta: float) -> np.ndarray:
     return np.stack([x, y], axis=-1)
 
 
+def _newton_step(at, inner, where, clip):
+    """Sub-pixel offsets (dx, dy) of one Newton step on the log-heatmap around the arg-max pixel.
+
+    ``at(dr, dc)`` reads the log-heatmap at the arg-max shifted by (dr, dc); ``inner`` is where the
+    arg-max is not on the border. Array-library neutral (``where``/``clip`` from numpy or TF), so the
+    numpy and TF decoders share the maths. No step where the Hessian is not negative definite;
+    steps are clipped to one pixel.
+    """
+    l0 = at(0, 0)
+    gx = 0.5 * (at(0, 1) - at(0, -1))
+    gy = 0.5 * (at(1, 0) - at(-1, 0))
+    hxx = at(0, 1) - 2 * l0 + at(0, -1)
+    hyy = at(1, 0) - 2 * l0 + at(-1, 0)
+    hxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+    det = hxx * hyy - hxy * hxy
+    ok = (hxx < 0) & (det > 0) & inner
+    safe = where(ok, det, 1.0)
+    dx = clip(where(ok, -(hyy * gx - hxy * gy) / safe, 0.0), -1.0, 1.0)
+    dy = clip(where(ok, -(hxx * gy - hxy * gx) / safe, 0.0), -1.0, 1.0)
+    return dx, dy
+
+
 def decode_peak(heatmaps, refine: bool = True, eps: float = 1e-10):
     """Arg-max decoding with sub-pixel refinement by a quadratic fit to the log-heatmap.
 
@@ -115,18 +137,7 @@ def decode_peak(heatmaps, refine: bool = True, eps: float = 1e-10):
         def at(dr, dc):
             return logm[m_i, k_i, rr + dr, cc + dc]
 
-        l0 = at(0, 0)
-        gx = 0.5 * (at(0, 1) - at(0, -1))
-        gy = 0.5 * (at(1, 0) - at(-1, 0))
-        hxx = at(0, 1) - 2 * l0 + at(0, -1)
-        hyy = at(1, 0) - 2 * l0 + at(-1, 0)
-        hxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
-        det = hxx * hyy - hxy * hxy
-        ok = (hxx < 0) & (det > 0) & (r == rr) & (c == cc)
-        safe = np.where(ok, det, 1.0)
-        dx = np.where(ok, -(hyy * gx - hxy * gy) / safe, 0.0)
-        dy = np.where(ok, -(hxx * gy - hxy * gx) / safe, 0.0)
-        dx, dy = np.clip(dx, -1.0, 1.0), np.clip(dy, -1.0, 1.0)
+        dx, dy = _newton_step(at, (r == rr) & (c == cc), np.where, np.clip)
     xy = np.stack([(c + 0.5 + dx) / s, (r + 0.5 + dy) / s], axis=-1)
     return xy.reshape(lead + (k, 2)), conf.reshape(lead + (k,))
 
@@ -157,17 +168,7 @@ def decode_peak_tf(heatmaps, eps: float = 1e-10):
         def at(dr, dc):
             return tf.gather_nd(logm, tf.stack([rr + dr, cc + dc], axis=-1), batch_dims=2)
 
-        l0 = at(0, 0)
-        gx = 0.5 * (at(0, 1) - at(0, -1))
-        gy = 0.5 * (at(1, 0) - at(-1, 0))
-        hxx = at(0, 1) - 2 * l0 + at(0, -1)
-        hyy = at(1, 0) - 2 * l0 + at(-1, 0)
-        hxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
-        det = hxx * hyy - hxy * hxy
-        ok = (hxx < 0) & (det > 0) & tf.equal(r, rr) & tf.equal(c, cc)
-        safe = tf.where(ok, det, tf.ones_like(det))
-        dx = tf.clip_by_value(tf.where(ok, -(hyy * gx - hxy * gy) / safe, 0.0), -1.0, 1.0)
-        dy = tf.clip_by_value(tf.where(ok, -(hxx * gy - hxy * gx) / safe, 0.0), -1.0, 1.0)
+        dx, dy = _newton_step(at, tf.equal(r, rr) & tf.equal(c, cc), tf.where, tf.clip_by_value)
     x = (tf.cast(c, tf.float32) + 0.5 + dx) / s
     y = (tf.cast(r, tf.float32) + 0.5 + dy) / s
     return tf.stack([x, y], axis=-1), conf

@@ -102,7 +102,7 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
         vis = tf.ensure_shape(vis, [None, k])
         if geometric:
             x, xy, vis = random_affine(x, tf.reshape(coords, [-1, k, 2]), vis, augment)
-            coords = tf.reshape(tf.where(vis[..., None], xy, -1.0), [-1, 2 * k])
+            coords = tf.reshape(xy, [-1, 2 * k])
         if stored_heatmaps:
             hm = tf.ensure_shape(parts[3], [None, heat_size, heat_size, k])
         else:

@@ -68,8 +68,12 @@ def pixel_errors(y_true, y_pred, img_size: int):
     """Euclidean errors in model-input pixels: (B, K) float32 errors and (B, K) visibility mask."""
     t = ops.cast(y_true, "float32")
     p = ops.cast(y_pred, "float32")
-    vis = visible_from_coords(t)
-    d = ops.reshape(p - t, (ops.shape(t)[0], -1, 2)) * float(img_size)
+    return _euclidean(ops.reshape(p - t, (ops.shape(t)[0], -1, 2)), visible_from_coords(t), img_size)
+
+
+def _euclidean(diff, vis, img_size: int):
+    """(B, K, 2) normalised differences -> (B, K) input-pixel distances (0 where not visible), and ``vis``."""
+    d = diff * float(img_size)
     return ops.sqrt(ops.sum(d * d, axis=-1) + 1e-12) * vis, vis
 
 
@@ -116,9 +120,7 @@ def peak_pixel_errors(heat_true, heat_pred, img_size: int):
 
     xy_true, peak = decode_peak_tf(heat_true)
     xy_pred, _ = decode_peak_tf(heat_pred)
-    vis = ops.cast(peak > 0.5, "float32")
-    d = (xy_pred - xy_true) * float(img_size)
-    return ops.sqrt(ops.sum(d * d, axis=-1) + 1e-12) * vis, vis
+    return _euclidean(xy_pred - xy_true, ops.cast(peak > 0.5, "float32"), img_size)
 
 
 class _VisibleKeypointMean(keras.metrics.Metric):

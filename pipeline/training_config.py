@@ -92,7 +92,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive. Received: {name}={getattr(self, name)}")
         if not 0.0 <= self.val_split < 1.0:
             raise ValueError(f"val_split must be in [0, 1). Received: val_split={self.val_split}")
-        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("strategy", STRATEGIES), ("cluster", CLUSTERS), ("batch_size_mode", BATCH_MODES)):
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("strategy", STRATEGIES), ("cluster", CLUSTERS),
+                              ("batch_size_mode", BATCH_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}. Received: {name}={getattr(self, name)!r}")
 
