@@ -1,11 +1,12 @@
 """Choosing the numeric precision policy (float32, mixed bfloat16 or mixed float16).
 
-``auto`` picks mixed_float16 on CUDA GPUs with compute capability >= 7; on CPUs, mixed_bfloat16 where
-the CPU has AMX tiles (``amx_bf16``), and, where it has only the AVX-512 bf16 dot product
-(``avx512_bf16``), for wide models alone. Measured on a 2-core AVX-512-bf16 CPU (no AMX): bf16
-convolutions ran about 2x float32; the ResNet-50 U-Net trained 1.6x faster in bf16 (21.1 vs 12.9
-images/s), while the narrow ``cpu`` preset was no faster (63-95 vs 106-125 images/s in interleaved
-runs), its 24-channel convolutions saving less than the casts cost. float32 everywhere else. Heads,
+``auto`` picks mixed_float16 on CUDA GPUs with compute capability >= 7; on CPUs with bf16 matrix
+instructions (AMX tiles ``amx_bf16`` or the AVX-512 dot product ``avx512_bf16``), mixed_bfloat16 for
+wide models alone. Measured on 2-core CPUs, model-only training steps at batch 16: the ResNet-50
+U-Net ran 2x faster in bf16 both with AMX (21.5 vs 11.0 images/s) and without (21.1 vs 12.9), while
+the narrow ``cpu`` preset ran slower in bf16 on both (AMX: 66 vs 114 images/s; AVX-512 bf16: 63-95
+vs 106-125), its 24-channel convolutions saving less than the casts and bf16 elementwise ops cost.
+float32 everywhere else. Heads,
 SoftArgMax and losses are float32 regardless (their layers pin ``dtype="float32"``).
 """
 
@@ -40,12 +41,12 @@ def _cuda_capability() -> tuple[int, int] | None:
     return None
 
 
-# Backbones whose convolutions are wide enough for AVX-512 bf16 (without AMX) to pay off.
+# Backbones whose convolutions are wide enough for bf16 to pay off on a CPU.
 WIDE_BACKBONES = ("resnet50",)
 
 
 def resolve_precision(choice: str = "auto", backbone: str | None = None) -> tuple[str, str]:
-    """Return (policy name, reason). ``backbone`` lets ``auto`` weigh bf16 on CPUs without AMX."""
+    """Return (policy name, reason). ``backbone`` lets ``auto`` keep float32 for narrow CPU models."""
     if choice not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={choice!r}")
     if choice != "auto":
@@ -56,12 +57,10 @@ def resolve_precision(choice: str = "auto", backbone: str | None = None) -> tupl
             return "mixed_float16", f"CUDA GPU with compute capability {cc[0]}.{cc[1]}"
         return "float32", f"CUDA GPU with compute capability {cc[0]}.{cc[1]} (< 7.0)"
     flags = cpu_bf16_flags()
-    if "amx_bf16" in flags:
-        return "mixed_bfloat16", "CPU has amx_bf16"
     if flags and backbone in WIDE_BACKBONES:
         return "mixed_bfloat16", f"CPU has {', '.join(flags)} and the {backbone} backbone is wide"
     if flags:
-        return "float32", (f"CPU has {', '.join(flags)} but no AMX: bf16 is slower than float32 for the narrow "
+        return "float32", (f"CPU has {', '.join(flags)}, but bf16 trains slower than float32 for the narrow "
                            f"{backbone or 'given'} backbone")
     return "float32", "no GPU and no amx_bf16/avx512_bf16 CPU flags"
 

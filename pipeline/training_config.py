@@ -111,8 +111,8 @@ class TrainConfig:
 # ``paper`` = seed 001 exactly (ResNet-50 U-Net, batch 128, ReduceLROnPlateau).
 # ``cpu`` = chosen by measurement on 2 CPU cores: a ResNet-18-like encoder at width 24 with a slim decoder,
 # trained from scratch (no ImageNet weights exist, or can be fetched offline, for it) at ~100-120 images/s
-# in float32 at batch 16 (width 16: ~170-240, width 32: ~80; bf16 is no faster at these widths without
-# AMX). Cosine decay and geometric augmentation: on 3,400 built-in renders over 35 epochs this reached a
+# in float32 at batch 16 (width 16: ~170-240, width 32: ~80; bf16 is slower at these widths, with AMX
+# too). Cosine decay and geometric augmentation: on 3,400 built-in renders over 35 epochs this reached a
 # held-out median error of 1.0 px; the earlier width-16 preset (plateau schedule, no geometric
 # augmentation, 1,275 renders of a near-symmetric spacecraft) had reached 8.6 px.
 # ``tiny`` = seconds-long smoke runs for tests.

@@ -13,7 +13,8 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 
 @pytest.mark.parametrize("flags, backbone, expected", [
-    (["amx_bf16", "avx512_bf16"], "resnet18ish", "mixed_bfloat16"),
+    (["amx_bf16", "avx512_bf16"], "resnet50", "mixed_bfloat16"),
+    (["amx_bf16", "avx512_bf16"], "resnet18ish", "float32"),
     (["avx512_bf16"], "resnet50", "mixed_bfloat16"),
     (["avx512_bf16"], "resnet18ish", "float32"),
     (["avx512_bf16"], None, "float32"),
