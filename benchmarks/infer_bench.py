@@ -60,11 +60,14 @@ def run_pipeline(data_dir: str, preset: str = "paper", limit: int = 256, k: int 
 
 
 def run_naive(data_dir: str, preset: str = "paper", limit: int = 64, k: int = 11) -> dict:
-    """Seed-001 style: per image, eager TF preprocessing then ``model.predict`` on a batch of one."""
+    """Seed-001 style: per image, eager TF preprocessing then ``model.predict`` on a batch of one, with
+    the network built from stock Keras layers."""
     import tensorflow as tf
 
+    from benchmarks.train_bench import stock_layers
+
     files = _files(data_dir, limit)
-    model = _model(preset, k)
+    model = stock_layers(_model(preset, k))
 
     def one(f):
         img = tf.io.decode_image(tf.io.read_file(str(f)), channels=3, expand_animations=False)

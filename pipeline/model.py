@@ -26,7 +26,7 @@ from pathlib import Path
 import keras
 
 from pipeline import losses as _losses  # noqa: F401  (registers the losses and metric)
-from pipeline.layers import FusedBatchNormalization, InputNormalization, SoftArgMax
+from pipeline.layers import FusedBatchNormalization, InputNormalization, MatmulConv2D, SoftArgMax
 
 BACKBONES = ("resnet50", "resnet18ish", "mobilenetv2")
 _TAPS = {
@@ -136,7 +136,7 @@ def resolve_weights(cfg: ModelConfig, weights: str) -> tuple[str | None, str]:
 
 # -- backbones ----------------------------------------------------------------------------------
 def _conv_bn_relu(x, width, kernel, strides=1, name=""):
-    x = keras.layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = MatmulConv2D(width, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = FusedBatchNormalization(name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
@@ -148,10 +148,10 @@ def _basic_block(x, width, strides, name):
             # subsample, then a 1x1 conv: the same maths as a strided 1x1 conv, which oneDNN (TF 2.21,
             # AVX-512 CPUs) crashes on with narrow inputs (8 channels)
             shortcut = keras.layers.MaxPooling2D(1, strides, name=f"{name}_subsample")(x)
-        shortcut = keras.layers.Conv2D(width, 1, use_bias=False, name=f"{name}_proj")(shortcut)
+        shortcut = MatmulConv2D(width, 1, use_bias=False, name=f"{name}_proj")(shortcut)
         shortcut = FusedBatchNormalization(name=f"{name}_proj_bn")(shortcut)
     y = _conv_bn_relu(x, width, 3, strides, name=f"{name}_a")
-    y = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
+    y = MatmulConv2D(width, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
     y = FusedBatchNormalization(name=f"{name}_b_bn")(y)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_out")(y)
@@ -180,20 +180,23 @@ def build_backbone(cfg: ModelConfig, weights: str | None) -> keras.Model:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # non-224 input size warning
             base = keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=shape)
-    base = with_fused_batchnorm(base)
+    base = with_fast_layers(base)
     outs = [base.get_layer(n).output for n in _TAPS[cfg.backbone]]
     return keras.Model(base.input, outs, name="backbone")
 
 
-def with_fused_batchnorm(model: keras.Model) -> keras.Model:
-    """A copy of a functional model whose BatchNormalization layers are FusedBatchNormalization.
+def with_fast_layers(model: keras.Model) -> keras.Model:
+    """A copy of a functional model with FusedBatchNormalization for BatchNormalization and
+    MatmulConv2D for Conv2D layers.
 
-    Same layer names, configs and weights (ImageNet ones included); see FusedBatchNormalization for why.
+    Same layer names, configs and weights (ImageNet ones included); see those layers for why.
     """
 
     def clone(layer):
         if type(layer) is keras.layers.BatchNormalization:
             return FusedBatchNormalization.from_config(layer.get_config())
+        if type(layer) is keras.layers.Conv2D:
+            return MatmulConv2D.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)
@@ -224,13 +227,13 @@ def build_model(cfg: ModelConfig, weights: str | None = None) -> keras.Model:
     for i, (skip, width) in enumerate(zip(reversed(skips), stage_widths)):
         name = f"decoder{i + 1}"
         x = keras.layers.UpSampling2D(2, name=f"{name}_up")(x)
-        s = keras.layers.Conv2D(width, 1, padding="same", name=f"{name}_skip_proj")(skip)
+        s = MatmulConv2D(width, 1, padding="same", name=f"{name}_skip_proj")(skip)
         x = keras.layers.Concatenate(name=f"{name}_concat")([x, s])
         x = _conv_bn_relu(x, width, 3, name=f"{name}_c1")
         x = _conv_bn_relu(x, width, 3, name=f"{name}_c2")
     # Prior-probability bias (as in focal-loss detectors): start every pixel at p = 0.01 instead of
     # 0.5, so early training is not spent pushing ~4000 background pixels per map down.
-    heatmaps = keras.layers.Conv2D(cfg.num_keypoints, 1, activation="sigmoid", dtype="float32", name="heatmaps",
+    heatmaps = MatmulConv2D(cfg.num_keypoints, 1, activation="sigmoid", dtype="float32", name="heatmaps",
                                    bias_initializer=keras.initializers.Constant(HEATMAP_PRIOR_BIAS))(x)
     if heatmaps.shape[1] != cfg.heatmap_size:
         raise ValueError(f"Decoder ends at {heatmaps.shape[1]} px, expected heatmap side {cfg.heatmap_size}.")

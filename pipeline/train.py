@@ -28,6 +28,7 @@ from pipeline.distribute import (global_batch_size, prepare_multiworker_fit, res
 from pipeline.input_data import check_dataset, make_dataset, split_indices
 from pipeline.losses import PCK, FocalHeatmapLoss, MaskedL1Loss, PixelError
 from pipeline.model import ModelConfig, build_model, check_heatmap_size, resolve_weights, set_backbone_trainable
+from pipeline.optimizers import FusedAdam
 from pipeline.precision import apply_precision
 from pipeline.training_config import TrainConfig
 
@@ -47,7 +48,7 @@ def compile_model(model, learning_rate: float, img_size: int, lambda_coords: flo
     ``replicas`` times too large; ``loss`` and ``val_loss`` are right.)
     """
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=FusedAdam(learning_rate),
         loss={"heatmaps": FocalHeatmapLoss(alpha, gamma), "coords": MaskedL1Loss()},
         loss_weights={"heatmaps": 1.0 / replicas, "coords": lambda_coords / replicas},
         metrics={"coords": [PixelError(img_size), PCK(2.0, img_size)],

@@ -1,4 +1,4 @@
-"""SoftArgMax, InputNormalization, FusedBatchNormalization: agreement with references, gradients, configs."""
+"""SoftArgMax, InputNormalization, FusedBatchNormalization, MatmulConv2D: agreement with references, gradients, configs."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.heatmaps import render, soft_argmax
-from pipeline.layers import CAFFE_MEAN_BGR, FusedBatchNormalization, InputNormalization, SoftArgMax
+from pipeline.layers import CAFFE_MEAN_BGR, FusedBatchNormalization, InputNormalization, MatmulConv2D, SoftArgMax
 
 
 def _known_maps(seed=0, b=3, s=16, k=4):
@@ -122,3 +122,67 @@ def test_fused_batchnorm_bf16_and_round_trip():
     model = keras.Model(inp, FusedBatchNormalization(name="bn")(inp))
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert isinstance(restored.get_layer("bn"), FusedBatchNormalization)
+
+
+@pytest.mark.parametrize("kernel, side, strides, padding, expect_path", [
+    (1, 8, 1, "same", "pointwise"),
+    (1, 8, 2, "same", "pointwise"),  # reshape subsample
+    (1, 7, 2, "valid", "pointwise"),  # odd side: strided-slice subsample
+    (1, 9, 3, "same", "pointwise"),
+    (3, 8, 1, "same", "small map"),
+    (5, 6, 1, "same", "small map"),
+    (3, 16, 1, "same", "conv"),  # larger map: oneDNN's own weight gradient
+    (3, 8, 2, "same", "conv"),
+    (3, 8, 1, "valid", "conv"),
+])
+def test_matmul_conv2d_equals_conv2d(kernel, side, strides, padding, expect_path):
+    """Same outputs and gradients (input, kernel, bias) as keras Conv2D on every routed path.
+
+    The small-map path is taken in 16-bit precision only; float16 is used here so that it can be
+    compared with the reference at a known tolerance on the same float16 inputs."""
+    dtype = "float16" if expect_path == "small map" else "float32"
+    tol = 2e-2 if dtype == "float16" else 2e-5
+    x = tf.constant(np.random.default_rng(0).normal(size=(3, side, side, 5)).astype(dtype))
+    ref = keras.layers.Conv2D(6, kernel, strides=strides, padding=padding, activation="relu", dtype=dtype)
+    ref.build(x.shape)
+    fast = MatmulConv2D.from_config(ref.get_config())
+    fast.build(x.shape)
+    fast.set_weights(ref.get_weights())
+    path = "pointwise" if fast._pointwise() else "small map" if fast._small_map(x) else "conv"
+    assert path == expect_path
+    results = []
+    for layer in (ref, fast):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.cos(tf.cast(y, tf.float32)))
+        results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    assert results[1][0].shape == results[0][0].shape
+    for a, b, name in zip(results[0], results[1], ("output", "d input", "d kernel", "d bias")):
+        np.testing.assert_allclose(np.asarray(b, np.float32), np.asarray(a, np.float32), rtol=tol, atol=tol,
+                                   err_msg=name)
+    if expect_path == "small map":  # and the float32 layer keeps oneDNN's kernel
+        assert not MatmulConv2D.from_config({**ref.get_config(), "dtype": "float32"})._small_map(x)
+
+
+def test_matmul_conv2d_bf16_trains_and_round_trips():
+    inp = keras.Input((8, 8, 4))
+    x = MatmulConv2D(8, 3, padding="same", name="c3")(inp)
+    out = MatmulConv2D(2, 1, strides=2, name="c1")(x)
+    model = keras.Model(inp, out)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert isinstance(restored.get_layer("c3"), MatmulConv2D) and restored.get_layer("c1").strides == (2, 2)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        inp = keras.Input((8, 8, 4))
+        bf16 = keras.Model(inp, MatmulConv2D(2, 1, strides=2)(MatmulConv2D(8, 3, padding="same")(inp)))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    bf16.set_weights(model.get_weights())
+    rng = np.random.default_rng(3)
+    xb, yb = rng.normal(size=(16, 8, 8, 4)).astype(np.float32), rng.normal(size=(16, 4, 4, 2)).astype(np.float32)
+    assert bf16(xb).dtype == "bfloat16"
+    np.testing.assert_allclose(tf.cast(bf16(xb), tf.float32), model(xb), atol=0.1)
+    bf16.compile(keras.optimizers.SGD(0.05), "mse")
+    losses = bf16.fit(xb, yb, epochs=5, batch_size=16, verbose=0).history["loss"]
+    assert losses[-1] < losses[0]
