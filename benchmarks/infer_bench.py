@@ -25,12 +25,18 @@ def _files(data_dir: str, limit: int):
 
 
 def run_pipeline(data_dir: str, preset: str = "paper", limit: int = 256, k: int = 11) -> dict:
-    """Batch 32 throughput and batch-1 latency (median, p95) end to end, plus model-only images/s."""
+    """Batch 32 throughput and batch-1 latency (median, p95) end to end, plus model-only images/s.
+
+    The model has the precision that ``train_vis.py --precision auto`` gives the preset on this
+    machine (a saved model keeps its layers' precision, so that is what use_vis.py then runs)."""
     from pipeline.geometry import Geometry
     from pipeline.infer import benchmark_throughput, predict_files
+    from pipeline.precision import apply_precision
+    from pipeline.training_config import PRESETS, TrainConfig
 
     g = Geometry()
     files = _files(data_dir, limit)
+    policy, _ = apply_precision("auto", TrainConfig(**PRESETS[preset]).backbone)
     model = _model(preset, k)
     e2e_32 = benchmark_throughput(model, files, g, batch_size=32)
     lat = []
@@ -51,7 +57,7 @@ def run_pipeline(data_dir: str, preset: str = "paper", limit: int = 256, k: int 
         model.predict_on_batch(x[:1])
     model_1 = 20 / (time.perf_counter() - t)
     return {
-        "preset": preset, "images": len(files),
+        "preset": preset, "images": len(files), "precision": policy,
         "e2e_b32_images_per_s": e2e_32,
         "e2e_b1_latency_ms_median": 1000 * float(np.median(lat)),
         "e2e_b1_latency_ms_p95": 1000 * float(np.percentile(lat, 95)),

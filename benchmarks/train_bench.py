@@ -18,13 +18,28 @@ def _model_cfg(preset: str, img_size: int, k: int):
 
 
 def _timed_fit(model, data, steps: int, warmup: int, batch: int, repeats: int = 3) -> float:
-    """Median images/s over ``repeats`` timed runs (a shared VM's speed drifts from run to run)."""
+    """Median steady-state images/s over ``repeats`` epochs of ``steps`` steps.
+
+    Each epoch is timed from its first batch's end to its last (the fixed cost of starting an epoch,
+    which a long training run pays once per epoch of hundreds of steps, is left out), so short runs
+    do not understate fast models. A shared VM's speed drifts, hence the median.
+    """
+    import keras
+
+    class BatchClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
+
     model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0)
     rates = []
     for _ in range(repeats):
-        t = time.perf_counter()
-        model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-        rates.append(steps * batch / (time.perf_counter() - t))
+        clock = BatchClock()
+        model.fit(data, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[clock])
+        rates.append(steps * batch / (clock.ends[-1] - clock.ends[0]))
     return float(np.median(rates))
 
 

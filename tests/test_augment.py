@@ -1,10 +1,11 @@
-"""Augmentation: geometric warps move pixels and keypoints together; the LR schedule's shape."""
+"""Augmentation: geometric warps move pixels and keypoints together; photometric ones; the LR schedule."""
 
 import math
 
 import numpy as np
 import tensorflow as tf
 
+from pipeline import augment
 from pipeline.augment import AugmentConfig, random_affine, warp_affine
 from pipeline.callbacks import cosine_lr
 from pipeline.heatmaps import render
@@ -75,3 +76,57 @@ def test_cosine_lr_shape():
     assert math.isclose(cosine_lr(5.5, 1e-3, 1.0, 10), 5e-4)
     assert cosine_lr(10.0, 1e-3, 1.0, 10) < 1e-12
     assert cosine_lr(12.0, 1e-3, 1.0, 10) < 1e-12
+
+
+def test_gaussian_blur_matches_a_numpy_separable_blur():
+    rng = np.random.default_rng(4)
+    images = rng.uniform(0, 255, (3, 20, 24, 3)).astype(np.float32)
+    tf.random.set_seed(7)
+    out = augment.gaussian_blur(tf.constant(images), 1.0, 1.5).numpy()
+    tf.random.set_seed(7)  # the same draws: sigma per image first
+    sigma = tf.random.uniform([3], 0.3, 1.5).numpy()
+    for i in range(3):
+        t = np.arange(-3, 4)
+        k = np.exp(-t**2 / (2 * sigma[i] ** 2))
+        k /= k.sum()
+        pad = np.pad(images[i], ((3, 3), (3, 3), (0, 0)), mode="reflect")
+        rows = sum(k[j] * pad[:, j:j + 24] for j in range(7))
+        ref = sum(k[j] * rows[j:j + 20] for j in range(7))
+        np.testing.assert_allclose(out[i], ref, rtol=1e-5, atol=1e-3)
+    assert np.abs(out - images).max() > 1.0  # it did blur
+
+
+def test_gaussian_blur_prob_zero_is_identity_and_blur_keeps_a_flat_image():
+    images = np.random.default_rng(5).uniform(0, 255, (4, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(augment.gaussian_blur(tf.constant(images), 0.0, 1.5).numpy(), images, atol=1e-4)
+    flat = np.full((2, 16, 16, 3), 77.0, np.float32)
+    np.testing.assert_allclose(augment.gaussian_blur(tf.constant(flat), 1.0, 1.5).numpy(), flat, rtol=1e-5)
+
+
+def test_augment_batch_shapes_ranges_and_brightness():
+    images = tf.constant(np.full((8, 16, 16, 3), 200.0, np.float32))
+    cfg = augment.AugmentConfig(blur_prob=1.0, darken_prob=1.0, darken_min=0.5, contrast_prob=1.0, noise_prob=0.0)
+    out = augment.augment_batch(images, cfg).numpy()
+    assert out.shape == (8, 16, 16, 3)
+    means = out.mean(axis=(1, 2, 3))
+    assert (means >= 100.0 - 1e-3).all() and (means <= 200.0 + 1e-3).all() and means.std() > 1.0  # per-image factors
+
+
+def test_random_affine_warps_only_the_drawn_images():
+    rng = np.random.default_rng(2)
+    xy = rng.uniform(0.3, 0.7, (16, 3, 2)).astype(np.float32)
+    images = tf.constant(_blob_images(xy, 32))
+    vis = tf.ones((16, 3), tf.bool)
+    cfg = AugmentConfig(affine_prob=0.5)
+    tf.random.set_seed(11)
+    out, moved, new_vis = random_affine(images, tf.constant(xy), vis, cfg)
+    tf.random.set_seed(11)  # the same draws, warping every image with them
+    ang, scale, sx, sy, drawn = augment.affine_params(16, 0.5, cfg.rotate_max_deg, cfg.scale_range, cfg.shift_max)
+    ref, ref_xy, ref_vis = warp_affine(images, tf.constant(xy), vis, ang, scale, sx, sy)
+    drawn = drawn.numpy()
+    assert 0 < drawn.sum() < 16
+    np.testing.assert_array_equal(out.numpy()[~drawn], images.numpy()[~drawn])  # untouched, bit for bit
+    np.testing.assert_array_equal(moved.numpy()[~drawn], xy[~drawn])
+    np.testing.assert_allclose(out.numpy()[drawn], ref.numpy()[drawn], atol=1e-5)
+    np.testing.assert_allclose(moved.numpy()[drawn], ref_xy.numpy()[drawn], atol=1e-6)
+    np.testing.assert_array_equal(new_vis.numpy(), ref_vis.numpy())
