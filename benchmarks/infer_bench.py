@@ -70,10 +70,10 @@ def run_naive(data_dir: str, preset: str = "paper", limit: int = 64, k: int = 11
     the network built from stock Keras layers."""
     import tensorflow as tf
 
-    from benchmarks.train_bench import stock_layers
+    from benchmarks.train_bench import stock_model
 
     files = _files(data_dir, limit)
-    model = stock_layers(_model(preset, k))
+    model = stock_model(_model(preset, k))
 
     def one(f):
         img = tf.io.decode_image(tf.io.read_file(str(f)), channels=3, expand_animations=False)

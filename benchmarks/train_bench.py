@@ -65,46 +65,23 @@ def run_pipeline(preset: str = "paper", batch: int = 16, precision: str = "auto"
     return {"preset": preset, "batch": batch, "precision": policy, "jit": jit, "images_per_s": ips}
 
 
-def stock_layers(model):
-    """The same network from stock Keras parts: Conv2D and BatchNormalization for the pipeline's
-    MatmulConv2D and FusedBatchNormalization (nested models included), as seed 001 builds it."""
-    import keras
+def stock_model(model):
+    """The same network from stock Keras parts (Conv2D, BatchNormalization), as seed 001 builds it."""
+    from pipeline.model import FAST_LAYERS, swap_layers
 
-    from pipeline.layers import FusedBatchNormalization, MatmulConv2D
-
-    def clone(layer):
-        if isinstance(layer, keras.Model):
-            return stock_layers(layer)
-        if type(layer) is FusedBatchNormalization:
-            return keras.layers.BatchNormalization.from_config(layer.get_config())
-        if type(layer) is MatmulConv2D:
-            return keras.layers.Conv2D.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
-
-    return keras.models.clone_model(model, clone_function=clone)
-
-
-def compile_stock(model, learning_rate: float, img_size: int) -> None:
-    """The pipeline's losses and metrics with Keras's own Adam (no fused update)."""
-    import keras
-
-    from pipeline.losses import PCK, FocalHeatmapLoss, MaskedL1Loss, PixelError
-
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss={"heatmaps": FocalHeatmapLoss(), "coords": MaskedL1Loss()},
-                  loss_weights={"heatmaps": 1.0, "coords": 5.0},
-                  metrics={"coords": [PixelError(img_size), PCK(2.0, img_size)],
-                           "heatmaps": [PixelError(img_size, decoder="peak"), PCK(2.0, img_size, decoder="peak")]})
+    return swap_layers(model, {fast: stock for stock, fast in FAST_LAYERS.items()})
 
 
 def run_naive(preset: str = "paper", batch: int = 16, steps: int = 10, warmup: int = 3, k: int = 11,
               img_size: int = 128, n: int = 256) -> dict:
     """Seed-001 style: whole float32 X and heatmaps in memory, from_tensor_slices, a float32 model of
     stock Keras layers with Keras's Adam, no XLA."""
+    import keras
     import tensorflow as tf
 
     from pipeline.heatmaps import render
     from pipeline.model import build_model
+    from pipeline.train import compile_model
 
     _, mcfg = _model_cfg(preset, img_size, k)
     rng = np.random.default_rng(0)
@@ -115,7 +92,7 @@ def run_naive(preset: str = "paper", batch: int = 16, steps: int = 10, warmup: i
     coords = xy.reshape(n, 2 * k).astype(np.float32)
     data = (tf.data.Dataset.from_tensor_slices((x, {"heatmaps": hm, "coords": coords}))
             .shuffle(n).batch(batch, drop_remainder=True).repeat())
-    model = stock_layers(build_model(mcfg, None))
-    compile_stock(model, 1e-4, img_size)
+    model = stock_model(build_model(mcfg, None))
+    compile_model(model, 1e-4, img_size, optimizer=keras.optimizers.Adam(1e-4))
     ips = _timed_fit(model, data, steps, warmup, batch)
     return {"preset": preset, "batch": batch, "precision": "float32", "jit": False, "images_per_s": ips}

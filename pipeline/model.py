@@ -180,29 +180,30 @@ def build_backbone(cfg: ModelConfig, weights: str | None) -> keras.Model:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # non-224 input size warning
             base = keras.applications.MobileNetV2(include_top=False, weights=weights, input_shape=shape)
-    base = with_fast_layers(base)
+    base = swap_layers(base, FAST_LAYERS)
     outs = [base.get_layer(n).output for n in _TAPS[cfg.backbone]]
     return keras.Model(base.input, outs, name="backbone")
 
 
-def with_fast_layers(model: keras.Model) -> keras.Model:
-    """A copy of a functional model with FusedBatchNormalization for BatchNormalization and
-    MatmulConv2D for Conv2D layers.
+# Stock Keras layer classes -> the drop-in replacements that keep their maths and variables.
+FAST_LAYERS = {keras.layers.BatchNormalization: FusedBatchNormalization, keras.layers.Conv2D: MatmulConv2D}
 
-    Same layer names, configs and weights (ImageNet ones included); see those layers for why.
+
+def swap_layers(model: keras.Model, mapping: dict) -> keras.Model:
+    """A copy of a functional model (nested models included) in which every layer whose exact class is
+    a key of ``mapping`` is rebuilt from its config as the value class.
+
+    Same layer names, configs and weights (ImageNet ones included). ``swap_layers(m, FAST_LAYERS)``
+    gives the fast layers; the inverted mapping gives back the stock ones.
     """
 
     def clone(layer):
-        if type(layer) is keras.layers.BatchNormalization:
-            return FusedBatchNormalization.from_config(layer.get_config())
-        if type(layer) is keras.layers.Conv2D:
-            return MatmulConv2D.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, keras.Model):
+            return swap_layers(layer, mapping)
+        return mapping.get(type(layer), type(layer)).from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)
-    for layer in model.layers:
-        if layer.weights:
-            copy.get_layer(layer.name).set_weights(layer.get_weights())
+    copy.set_weights(model.get_weights())
     return copy
 
 

@@ -34,8 +34,9 @@ from pipeline.training_config import TrainConfig
 
 
 def compile_model(model, learning_rate: float, img_size: int, lambda_coords: float = 5.0,
-                  alpha: float = 0.25, gamma: float = 2.0, jit: bool = False, replicas: int = 1) -> None:
-    """Adam + focal heatmap loss + lambda * masked L1 coords loss.
+                  alpha: float = 0.25, gamma: float = 2.0, jit: bool = False, replicas: int = 1,
+                  optimizer=None) -> None:
+    """FusedAdam (or ``optimizer``) + focal heatmap loss + lambda * masked L1 coords loss.
 
     Metrics: pixel error and PCK@2px of the SoftArgMax coordinates (``coords_px_error``,
     ``coords_pck_2px``) and of the peak decoder used at inference (``heatmaps_peak_px_error``,
@@ -48,7 +49,7 @@ def compile_model(model, learning_rate: float, img_size: int, lambda_coords: flo
     ``replicas`` times too large; ``loss`` and ``val_loss`` are right.)
     """
     model.compile(
-        optimizer=FusedAdam(learning_rate),
+        optimizer=optimizer or FusedAdam(learning_rate),
         loss={"heatmaps": FocalHeatmapLoss(alpha, gamma), "coords": MaskedL1Loss()},
         loss_weights={"heatmaps": 1.0 / replicas, "coords": lambda_coords / replicas},
         metrics={"coords": [PixelError(img_size), PCK(2.0, img_size)],

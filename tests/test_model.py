@@ -105,3 +105,29 @@ def test_narrow_resnet18ish_trains_at_128px():
     y = {"heatmaps": np.zeros((8, 64, 64, 3), np.float32), "coords": rng.uniform(0, 1, (8, 6)).astype(np.float32)}
     hist = model.fit(x, y, batch_size=4, epochs=2, verbose=0).history
     assert np.isfinite(hist["loss"]).all() and hist["loss"][-1] < hist["loss"][0]
+
+
+def test_swap_layers_keeps_weights_and_outputs_both_ways():
+    import keras
+
+    from pipeline.layers import FusedBatchNormalization, MatmulConv2D
+    from pipeline.model import FAST_LAYERS, swap_layers
+
+    inner_in = keras.Input((8, 8, 4))
+    inner_out = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(6, 1, name="pw")(inner_in))
+    inner = keras.Model(inner_in, inner_out, name="inner")
+    inp = keras.Input((8, 8, 3))
+    stock = keras.Model(inp, inner(keras.layers.Conv2D(4, 3, padding="same", name="c3")(inp)))
+    rng = np.random.default_rng(0)
+    stock.set_weights([rng.normal(size=w.shape).astype(np.float32) + (1.0 if "variance" in w.path else 0.0)
+                       for w in stock.weights])
+    fast = swap_layers(stock, FAST_LAYERS)
+    assert type(fast.get_layer("c3")) is MatmulConv2D
+    assert type(fast.get_layer("inner").get_layer("pw")) is MatmulConv2D
+    assert type(fast.get_layer("inner").get_layer("bn")) is FusedBatchNormalization
+    back = swap_layers(fast, {v: k for k, v in FAST_LAYERS.items()})
+    assert type(back.get_layer("inner").get_layer("bn")) is keras.layers.BatchNormalization
+    x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    ref = stock.predict_on_batch(x)
+    np.testing.assert_allclose(fast.predict_on_batch(x), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(back.predict_on_batch(x), ref, rtol=1e-4, atol=1e-4)
