@@ -11,8 +11,8 @@ Legend: B batch, S input side (px), S/2 heatmap side, K keypoints.
       -> "heatmaps": 1x1 conv to K + sigmoid, (B, S/2, S/2, K) float32
       -> "coords":   SoftArgMax(beta), (B, 2K) float32 normalised x0, y0, x1, y1, ...
 
-Importing this module registers the custom layers and losses, so a saved ``.keras`` file loads
-with ``keras.saving.load_model(path)`` in safe mode.
+Importing this module registers the custom layers, losses and optimizer, so a saved ``.keras`` file
+(compiled or not) loads with ``keras.saving.load_model(path)`` in safe mode.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 
 from pipeline import losses as _losses  # noqa: F401  (registers the losses and metric)
+from pipeline import optimizers as _optimizers  # noqa: F401  (registers FusedAdam)
 from pipeline.layers import FusedBatchNormalization, InputNormalization, MatmulConv2D, SoftArgMax
 
 BACKBONES = ("resnet50", "resnet18ish", "mobilenetv2")

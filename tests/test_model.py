@@ -60,8 +60,11 @@ def test_weights_none_path_and_offline_imagenet(tmp_path, monkeypatch):
 
 
 def test_save_load_round_trip_in_fresh_process(tmp_path):
+    from pipeline.train import compile_model
+
     cfg = ModelConfig(input_size=32, num_keypoints=3, **TINY)
     m = build_model(cfg)
+    compile_model(m, 1e-3, 32)  # a compiled save carries the optimizer, which must load too
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     ref = m.predict(x, verbose=0)
     path = save_model(m, tmp_path / "m.keras", {"num_keypoints": 3, "model": {"input_size": 32}})
@@ -69,7 +72,7 @@ def test_save_load_round_trip_in_fresh_process(tmp_path):
     np.save(tmp_path / "x.npy", x)
     code = (
         "import sys, numpy as np, keras; sys.path.insert(0, sys.argv[1]); import pipeline.model; "
-        "m = keras.saving.load_model(sys.argv[2]); "
+        "m = keras.saving.load_model(sys.argv[2]); assert type(m.optimizer).__name__ == 'FusedAdam'; "
         "out = m.predict(np.load(sys.argv[3]), verbose=0); "
         "np.savez(sys.argv[4], **{k: np.asarray(v) for k, v in out.items()})"
     )
