@@ -115,6 +115,8 @@ def table(results: dict) -> str:
         o, nv = i["pipeline"], i["naive"]
         lines.append(f"| inference e2e b32 images/s | {o['e2e_b32_images_per_s']:.1f} | {nv['e2e_images_per_s']:.1f} "
                      f"| {i['speedup_b32']:.1f}x |")
+        if "e2e_b32_rot4_images_per_s" in o:
+            lines.append(f"| inference e2e b32 images/s, --tta rot4 | {o['e2e_b32_rot4_images_per_s']:.1f} | | |")
         lines.append(f"| inference e2e b1 latency median / p95 ms | {o['e2e_b1_latency_ms_median']:.0f} / "
                      f"{o['e2e_b1_latency_ms_p95']:.0f} | {nv['e2e_b1_latency_ms_median']:.0f} / "
                      f"{nv['e2e_b1_latency_ms_p95']:.0f} | |")
@@ -128,17 +130,19 @@ def table(results: dict) -> str:
                          f"{row['peak_rss_mb']:.0f} | | |")
     a = results.get("accuracy")
     if a:
-        s = a["summary"]
-        pck = s["pck_percent"]
+        runs = [("", a["summary"])] + ([(" (--tta none)", a["summary_no_tta"])] if "summary_no_tta" in a else [])
         lines += ["", f"Accuracy (recipe {a['recipe']}: preset {a['preset']}, {a['train_count']} train / "
-                      f"{a['test_count']} held-out renders, training {a['train_s'] / 60:.1f} min):", "",
-                  "| metric | value |", "| --- | --- |",
-                  f"| MAE (dx, dy) px | ({s['mae_dx']:.3f}, {s['mae_dy']:.3f}) |",
-                  f"| RMSE (dx, dy) px | ({s['rmse_dx']:.3f}, {s['rmse_dy']:.3f}) |",
-                  f"| Euclidean mean / median / P95 px | {s['euclidean_mean']:.3f} / {s['euclidean_median']:.3f} / "
-                  f"{s['euclidean_p95']:.3f} |",
-                  f"| PCK 2 / 5 / 10 px | {pck['2']:.2f} / {pck['5']:.2f} / {pck['10']:.2f} % |",
-                  f"| visible keypoints evaluated | {s['visible_keypoints_count']} |",
+                      f"{a['test_count']} held-out renders, training {a['train_s'] / 60:.1f} min; use_vis.py "
+                      f"test-time augmentation {a['summary'].get('tta', 'none')}):", "",
+                  "| metric | value |", "| --- | --- |"]
+        for tag, s in runs:
+            pck = s["pck_percent"]
+            lines += [f"| MAE (dx, dy) px{tag} | ({s['mae_dx']:.3f}, {s['mae_dy']:.3f}) |",
+                      f"| RMSE (dx, dy) px{tag} | ({s['rmse_dx']:.3f}, {s['rmse_dy']:.3f}) |",
+                      f"| Euclidean mean / median / P95 px{tag} | {s['euclidean_mean']:.3f} / "
+                      f"{s['euclidean_median']:.3f} / {s['euclidean_p95']:.3f} |",
+                      f"| PCK 2 / 5 / 10 px{tag} | {pck['2']:.2f} / {pck['5']:.2f} / {pck['10']:.2f} % |"]
+        lines += [f"| visible keypoints evaluated | {a['summary']['visible_keypoints_count']} |",
                   f"| time to val PCK@2px >= 95 % | {a['time_to_val_pck2_95']} (epoch, s) |"]
     return "\n".join(lines)
 

@@ -1,8 +1,9 @@
 """The built-in accuracy benchmark: a fixed recipe run through the project's own scripts.
 
 Recipe: generate a training set and a separate held-out test set (different seeds), preprocess
-the training set, train with a preset, evaluate on the held-out set with use_vis.py. Reports every
-evaluation_summary figure and the wall-clock time to first reach val PCK@2px >= 95 %.
+the training set, train with a preset, evaluate on the held-out set with use_vis.py (its default
+test-time augmentation, and again with ``--tta none``). Reports every evaluation_summary figure and the
+wall-clock time to first reach val PCK@2px >= 95 %.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def run(work_dir: str, recipe: str = "full") -> dict:
     times["evaluate_s"] = _run([py, "use_vis.py", "--model", model, "--input", work / "test",
                                 "--out-dir", work / "predictions", "--visualize", "4", "--no-progress"], log)
     summary = json.loads((work / "predictions" / "evaluation_summary.json").read_text())
+    times["evaluate_no_tta_s"] = _run([py, "use_vis.py", "--model", model, "--input", work / "test", "--tta", "none",
+                                       "--out-dir", work / "predictions_no_tta", "--visualize", "0", "--no-progress"],
+                                      log)
+    no_tta = json.loads((work / "predictions_no_tta" / "evaluation_summary.json").read_text())
     reach = first_epoch_reaching(work / "logs" / "bench" / "history.csv", "val_heatmaps_peak_pck_2px", 0.95)
     return {"recipe": recipe, **{k: v for k, v in r.items() if k != "extra"}, **times,
-            "time_to_val_pck2_95": reach, "summary": summary}
+            "time_to_val_pck2_95": reach, "summary": summary, "summary_no_tta": no_tta}

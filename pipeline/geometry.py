@@ -114,6 +114,19 @@ class Geometry:
         return 1.0 / (a[..., :2] * self.input_size)
 
     @staticmethod
+    def rot90(xy, k: int) -> np.ndarray:
+        """Normalised (..., 2) (x, y) of a point after ``np.rot90(image, k, axes=(row, column))``.
+
+        A quarter turn maps pixel centre ``i`` to ``S - 1 - i``, i.e. ``x -> 1 - x``, so this is exact
+        in every square space (input, heatmap) at once. ``k`` may be negative (the inverse turn).
+        """
+        xy = np.asarray(xy, dtype=np.float64)
+        x, y = xy[..., 0], xy[..., 1]
+        for _ in range(k % 4):
+            x, y = y, 1.0 - x
+        return np.stack([x, y], axis=-1)
+
+    @staticmethod
     def inside(xy) -> np.ndarray:
         """True where normalised (..., 2) coordinates fall inside the crop ``[0, 1)``."""
         xy = np.asarray(xy)

@@ -25,6 +25,7 @@ from pipeline import annotations as ann
 from pipeline.geometry import Geometry
 from pipeline.heatmaps import decode_peak
 from pipeline.images import IMAGE_SUFFIXES, ImageError, list_images, load_model_input
+from pipeline.tta import TURNS, merge_outputs, turned_inputs
 
 DECODERS = ("peak", "softargmax")
 
@@ -231,28 +232,32 @@ def decode(outputs: dict, decoder: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, decoder: str = "peak",
-                  keep: int = 0, progress: bool = True) -> Predictions:
-    """Run ``model`` over image files in batches; see :class:`Predictions`."""
+                  keep: int = 0, progress: bool = True, tta: str = "none") -> Predictions:
+    """Run ``model`` over image files in batches; see :class:`Predictions`.
+
+    ``tta``: ``none``, or ``rot4`` (see :mod:`pipeline.tta`; the model then sees 4x the images).
+    """
     from tqdm.auto import tqdm
 
     if decoder not in DECODERS:
         raise InferError(f"Unknown decoder {decoder!r}; choose one of {DECODERS}.")
+    if tta not in TURNS:
+        raise InferError(f"Unknown test-time augmentation {tta!r}; choose one of {tuple(TURNS)}.")
     n = len(files)
     ds, errors = (single_batch(files, geometry) if n <= min(batch_size, 4) else
                   image_dataset(files, geometry, batch_size))
     xy = conf = None
     sizes, ok = np.zeros((n, 2), np.int64), np.zeros(n, bool)
     inputs, maps = [], []
-    with tqdm(total=n, unit="img", desc=f"predict ({decoder})", disable=not progress) as bar:
+    with tqdm(total=n, unit="img", desc=f"predict ({decoder}, tta {tta})", disable=not progress) as bar:
         for idx, x, size, good in ds:
             idx, x, size, good = (np.asarray(a) for a in (idx, x, size, good))
             b = len(idx)
+            xb = x
             if n > batch_size and b < batch_size:  # pad the last batch: one traced shape only
-                pad = np.zeros((batch_size - b,) + x.shape[1:], x.dtype)
-                out = model.predict_on_batch(np.concatenate([x, pad]))
-                out = {key: np.asarray(v)[:b] for key, v in out.items()}
-            else:
-                out = model.predict_on_batch(x)
+                xb = np.concatenate([x, np.zeros((batch_size - b,) + x.shape[1:], x.dtype)])
+            out = merge_outputs(model.predict_on_batch(turned_inputs(xb, tta)), tta)
+            out = {key: v[:b] for key, v in out.items()}
             bxy, bconf = decode(out, decoder)
             if xy is None:
                 xy = np.full((n,) + bxy.shape[1:], np.nan)
@@ -295,12 +300,13 @@ def ground_truth(samples, sizes, geometry: Geometry):
     return has, px, geometry.to_input(norm), vis
 
 
-def benchmark_throughput(model, files, geometry: Geometry, batch_size: int, repeats: int = 1) -> float:
+def benchmark_throughput(model, files, geometry: Geometry, batch_size: int, repeats: int = 1,
+                         tta: str = "none") -> float:
     """Images per second end to end from files (decode + model + decoding), after one warm-up batch."""
     import time
 
-    predict_files(model, files[:batch_size], geometry, batch_size=batch_size, progress=False)
+    predict_files(model, files[:batch_size], geometry, batch_size=batch_size, progress=False, tta=tta)
     t = time.perf_counter()
     for _ in range(repeats):
-        predict_files(model, files, geometry, batch_size=batch_size, progress=False)
+        predict_files(model, files, geometry, batch_size=batch_size, progress=False, tta=tta)
     return repeats * len(files) / (time.perf_counter() - t)

@@ -34,6 +34,7 @@ from pipeline.config import geometry_from_dict
 from pipeline.geometry import Geometry
 from pipeline.images import ImageError, open_image
 from pipeline.infer import DECODERS, InferError, collect_inputs, ground_truth, predict_files
+from pipeline.tta import TTA_MODES, resolve_tta
 
 MANAGED = ("predictions.json", "predictions.csv", "evaluation_summary.json", "evaluation_summary.txt",
            "pck_curve.png", "error_histogram.png", "overlays", "heatmaps", "original_overlays")
@@ -59,6 +60,10 @@ class InferConfig:
                        "else all; val; all.", default="auto", meta={"choices": ("auto", "val", "all")})
     decoder: str = _help("peak: heatmap arg-max with log-quadratic sub-pixel refinement; softargmax: the "
                          "model's coords output.", default="peak", meta={"choices": DECODERS})
+    tta: str = _help("Test-time augmentation: rot4 averages the predictions on the four quarter turns of each "
+                     "image (4x the model work; for models trained with full-circle rotations); auto: rot4 "
+                     "when the model's training config drew full-circle rotations, else none.", default="auto",
+                     meta={"choices": TTA_MODES})
     vis_threshold: float = _help("A keypoint is predicted visible when its heatmap peak >= this (focal-loss "
                                  "heatmaps peak below 1; the summary reports the best-F1 threshold).", default=0.2)
     visualize: str = _help("Figures for the first N images, or 'all'.", default="16")
@@ -72,6 +77,8 @@ class InferConfig:
             raise ValueError(f"batch_size must be positive. Received: batch_size={self.batch_size}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}. Received: decoder={self.decoder!r}")
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}. Received: tta={self.tta!r}")
         if self.split not in ("auto", "val", "all"):
             raise ValueError(f"split must be auto, val or all. Received: split={self.split!r}")
         if not 0.0 <= self.vis_threshold <= 1.0:
@@ -279,11 +286,13 @@ def run(cfg: InferConfig) -> dict:
     if cfg.limit:
         samples = samples[: cfg.limit]
     _unique_stems(samples)
-    print(f"model {model_path} (K={k}, input {geometry.input_size} px); {len(samples)} images; {note}")
+    tta = resolve_tta(cfg.tta, meta.get("train"))
+    print(f"model {model_path} (K={k}, input {geometry.input_size} px); {len(samples)} images; {note}; "
+          f"test-time augmentation: {tta}")
 
     n_fig = cfg.num_figures(len(samples))
     preds = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
-                          decoder=cfg.decoder, keep=n_fig, progress=cfg.progress)
+                          decoder=cfg.decoder, keep=n_fig, progress=cfg.progress, tta=tta)
     skipped = list(found.skipped)
     for i, msg in sorted(preds.errors.items()):
         warnings.warn(f"Skipping unreadable image: {msg}", stacklevel=2)
@@ -309,7 +318,7 @@ def run(cfg: InferConfig) -> dict:
     tmp.mkdir()
     try:
         images, rows = _rows(samples, preds.ok, r)
-        header = {"model": str(model_path), "decoder": cfg.decoder, "vis_threshold": cfg.vis_threshold,
+        header = {"model": str(model_path), "decoder": cfg.decoder, "tta": tta, "vis_threshold": cfg.vis_threshold,
                   "num_keypoints": k, "geometry": asdict(geometry), "split": split, "inputs": inputs,
                   "spaces": {"orig": "original-image pixels, corner origin, pixel i centred at i+0.5",
                              "input": f"model-input pixels ({geometry.input_size} px crop)"},
@@ -319,7 +328,7 @@ def run(cfg: InferConfig) -> dict:
         _figures(tmp, samples, r, preds, cfg, found.edges if len(found.edges) else None, cfg.progress)
         summary = {}
         if has_gt.any():
-            extra = {"decoder": cfg.decoder, "model": str(model_path), "data_dir": [str(p) for p in found.dataset_roots],
+            extra = {"decoder": cfg.decoder, "tta": tta, "model": str(model_path), "data_dir": [str(p) for p in found.dataset_roots],
                      "inputs": inputs, "split": split, "split_note": note, "skipped_files": skipped,
                      "num_keypoints": k}
             summary = ev.build_summary(pred_in=r["pred_in"], gt_in=gt_in, pred_orig=r["pred_orig"], gt_orig=gt_orig,

@@ -131,6 +131,7 @@ def test_cli_writes_every_output(dataset, tiny_model, tmp_path, capsys):
         assert key in s, key
     assert s["img_size_px"] == 32 and s["samples_with_gt"] == 3 and s["processed_samples"] == 3
     assert s["split"] == "all" and s["decoder"] == "peak" and s["model"] == str(tiny_model)
+    assert s["tta"] == "none"  # the sidecar records no full-circle rotation training
     assert [f["file"] for f in s["skipped_files"]] == [str(data / "Rendered_Images" / "img_9999.png")]
     lines = (out / "predictions.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 * K and lines[0].startswith("stem,image,index,x_orig")
