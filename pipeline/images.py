@@ -38,7 +38,7 @@ def open_image(path) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         arr = arr / max(arr.max(), 1.0) * 255.0
         img = Image.fromarray(arr.astype(np.uint8))
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # convert() would copy an RGB image
 
 
 def image_size(path) -> tuple[int, int]:
