@@ -32,8 +32,13 @@ class AugmentConfig:
     shift_max: float = 0.1  # shift drawn in [-max, max] of the image side, per axis
 
 
+def _drawn(prob, batch):
+    """(B,) bool: the images of the batch that an augmentation applied with probability ``prob`` changes."""
+    return tf.random.uniform([batch]) < prob
+
+
 def _per_image(prob, batch):
-    return tf.cast(tf.random.uniform([batch]) < prob, tf.float32)[:, None, None, None]
+    return tf.cast(_drawn(prob, batch), tf.float32)[:, None, None, None]
 
 
 def gaussian_blur(images, prob: float, sigma_max: float, radius: int = 3):
@@ -49,8 +54,7 @@ def gaussian_blur(images, prob: float, sigma_max: float, radius: int = 3):
     offs = tf.range(-radius, radius + 1, dtype=tf.float32)
     k = tf.exp(-tf.square(offs)[None, :] / (2.0 * tf.square(sigma)[:, None]))
     k = k / tf.reduce_sum(k, axis=1, keepdims=True)  # (B, 2r+1)
-    on = tf.random.uniform([b]) < prob
-    k = tf.where(on[:, None], k, tf.one_hot(tf.fill([b], radius), 2 * radius + 1))
+    k = tf.where(_drawn(prob, b)[:, None], k, tf.one_hot(tf.fill([b], radius), 2 * radius + 1))
     taps = tf.transpose(tf.repeat(k, c, axis=0))  # (2r+1, B*C): channel j of image i is column i*C + j
     x = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
     x = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, h + 2 * radius, w + 2 * radius, -1])
@@ -100,7 +104,7 @@ def augment_batch(images, cfg: AugmentConfig):
 def affine_params(batch, prob: float, rotate_max_deg: float, scale_range: float, shift_max: float):
     """Random per-image (angle rad, scale, shift_x, shift_y (fractions of the side), drawn); identity
     where not drawn (``drawn`` False)."""
-    drawn = tf.random.uniform([batch]) < prob
+    drawn = _drawn(prob, batch)
     on = tf.cast(drawn, tf.float32)
     ang = tf.random.uniform([batch], -1.0, 1.0) * (rotate_max_deg * math.pi / 180.0) * on
     log_s = tf.math.log(1.0 + scale_range)

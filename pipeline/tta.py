@@ -35,10 +35,7 @@ def resolve_tta(mode: str, train: dict | None) -> str:
 
 def turned_inputs(x: np.ndarray, mode: str) -> np.ndarray:
     """(B, S, S, C) -> (T*B, S, S, C): the batch once per turn of ``mode``, turn-major."""
-    turns = TURNS[mode]
-    if turns == (0,):
-        return x
-    return np.concatenate([np.rot90(x, k, axes=(1, 2)) for k in turns])
+    return np.concatenate([np.rot90(x, k, axes=(1, 2)) for k in TURNS[mode]])
 
 
 def merge_outputs(out: dict, mode: str) -> dict:
@@ -48,14 +45,11 @@ def merge_outputs(out: dict, mode: str) -> dict:
     back and averaged. Returns float32 ``heatmaps`` (B, Sh, Sh, K) and ``coords`` (B, 2K).
     """
     turns = TURNS[mode]
-    h = np.asarray(out["heatmaps"], np.float32)
-    c = np.asarray(out["coords"], np.float64)
-    if turns == (0,):
-        return {"heatmaps": h, "coords": c.astype(np.float32)}
     t = len(turns)
+    h = np.asarray(out["heatmaps"], np.float32)
     b = h.shape[0] // t
     h = h.reshape((t, b) + h.shape[1:])
-    c = c.reshape(t, b, -1, 2)
+    c = np.asarray(out["coords"], np.float64).reshape(t, b, -1, 2)
     maps = np.mean([np.rot90(h[i], -k, axes=(1, 2)) for i, k in enumerate(turns)], axis=0)
     xy = np.mean([Geometry.rot90(c[i], -k) for i, k in enumerate(turns)], axis=0)
     return {"heatmaps": maps.astype(np.float32), "coords": xy.reshape(b, -1).astype(np.float32)}

@@ -38,7 +38,9 @@ def test_merge_turns_back_and_averages():
     x = rng.integers(0, 255, (b, s, s, 3), dtype=np.uint8)
     assert turned_inputs(x, "rot4").shape == (4 * b, s, s, 3)
     np.testing.assert_array_equal(turned_inputs(x, "rot4")[2 * b:3 * b], x[:, ::-1, ::-1])
-    assert turned_inputs(x, "none") is x
+    np.testing.assert_array_equal(turned_inputs(x, "none"), x)
+    np.testing.assert_allclose(merge_outputs({"heatmaps": maps, "coords": xy.reshape(b, -1)}, "none")["coords"],
+                               xy.reshape(b, -1), atol=1e-6)
 
 
 def test_auto_needs_full_circle_rotations():
