@@ -29,6 +29,7 @@ def run_pipeline(data_dir: str, preset: str = "paper", limit: int = 256, k: int 
 
     The model has the precision that ``train_vis.py --precision auto`` gives the preset on this
     machine (a saved model keeps its layers' precision, so that is what use_vis.py then runs)."""
+    from pipeline.fold import fold_batchnorm
     from pipeline.geometry import Geometry
     from pipeline.infer import benchmark_throughput, predict_files
     from pipeline.precision import apply_precision
@@ -37,7 +38,7 @@ def run_pipeline(data_dir: str, preset: str = "paper", limit: int = 256, k: int 
     g = Geometry()
     files = _files(data_dir, limit)
     policy, _ = apply_precision("auto", TrainConfig(**PRESETS[preset]).backbone)
-    model = _model(preset, k)
+    model = fold_batchnorm(_model(preset, k))  # as use_vis.py loads it
     e2e_32 = benchmark_throughput(model, files, g, batch_size=32)
     e2e_32_rot4 = benchmark_throughput(model, files, g, batch_size=32, tta="rot4")
     lat = []
