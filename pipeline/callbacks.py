@@ -1,5 +1,4 @@
-"""Training callbacks: best-model checkpoint with sidecar, TensorBoard heatmap grids, throughput,
-weight averaging."""
+"""Training callbacks: best-model checkpoint with sidecar, TensorBoard heatmap grids, throughput."""
 
 from __future__ import annotations
 
@@ -115,28 +114,6 @@ class Throughput(keras.callbacks.Callback):
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
-
-
-class AveragedWeights(keras.callbacks.SwapEMAWeights):
-    """Validation, the callbacks after this one and the final model see the optimizer's moving
-    average of the weights (``use_ema=True``); training steps see the raw weights.
-
-    Order matters: place it after ``BackupAndRestore`` (the backup must hold the raw weights, with the
-    average in the optimizer state) and after ``EarlyStopping`` (so a run stopped early still ends
-    on the average: Keras's ``SwapEMAWeights`` finalises only after the last planned epoch), and
-    before the checkpoint and image callbacks.
-    """
-
-    def __init__(self):
-        super().__init__(swap_on_epoch=True)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self._ema_weights_in_model:
-            self._swap_variables()
-            self._ema_weights_in_model = True
-        if epoch == self.params["epochs"] - 1 or self.model.stop_training:
-            # fit() ends by copying the optimizer's average into the model: make it the average too.
-            self._finalize_ema_values()
 
 
 class SimulatedInterruption(RuntimeError):

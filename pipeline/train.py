@@ -22,8 +22,7 @@ import numpy as np
 
 from pipeline import model_io
 from pipeline.arrays import load_dataset, write_json
-from pipeline.callbacks import (AveragedWeights, BestModelCheckpoint, CosineSchedule, ElapsedTime, HeatmapImages,
-                                Throughput)
+from pipeline.callbacks import BestModelCheckpoint, CosineSchedule, ElapsedTime, HeatmapImages, Throughput
 from pipeline.distribute import (global_batch_size, prepare_multiworker_fit, resolve_strategy, scratch_dir,
                                  sync_batchnorm, worker_shards)
 from pipeline.input_data import check_dataset, make_dataset, split_indices
@@ -36,7 +35,7 @@ from pipeline.training_config import TrainConfig
 
 def compile_model(model, learning_rate: float, img_size: int, lambda_coords: float = 5.0,
                   alpha: float = 0.25, gamma: float = 2.0, jit: bool = False, replicas: int = 1,
-                  optimizer=None, ema_momentum: float = 0.0) -> None:
+                  optimizer=None) -> None:
     """FusedAdam (or ``optimizer``) + focal heatmap loss + lambda * masked L1 coords loss.
 
     Metrics: pixel error and PCK@2px of the SoftArgMax coordinates (``coords_px_error``,
@@ -48,13 +47,9 @@ def compile_model(model, learning_rate: float, img_size: int, lambda_coords: flo
     a scalar alone; both losses here are batch-level means, so the weights carry that 1/replicas and
     the step is the replica-averaged gradient. (Keras then reports the per-output ``*_loss`` logs
     ``replicas`` times too large; ``loss`` and ``val_loss`` are right.)
-
-    ``ema_momentum`` > 0: the optimizer also keeps a moving average of the weights (see
-    :class:`~pipeline.callbacks.AveragedWeights`, which must then be among the fit callbacks).
     """
-    ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum > 0 else {}
     model.compile(
-        optimizer=optimizer or FusedAdam(learning_rate, **ema),
+        optimizer=optimizer or FusedAdam(learning_rate),
         loss={"heatmaps": FocalHeatmapLoss(alpha, gamma), "coords": MaskedL1Loss()},
         loss_weights={"heatmaps": 1.0 / replicas, "coords": lambda_coords / replicas},
         metrics={"coords": [PixelError(img_size), PCK(2.0, img_size)],
@@ -100,12 +95,8 @@ def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_
         keras.callbacks.BackupAndRestore(str(out_dir / "backup" / f"phase{phase}"), delete_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
         _lr_callback(cfg, phase, monitor, chief),
+        BestModelCheckpoint(out_dir / "best_model.keras", meta, monitor=monitor),
     ]
-    if cfg.early_stopping > 0:
-        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping, verbose=1 if chief else 0))
-    if cfg.ema_momentum > 0:
-        cbs.append(AveragedWeights())  # after the backup and early stopping, before what saves or plots
-    cbs.append(BestModelCheckpoint(out_dir / "best_model.keras", meta, monitor=monitor))
     if chief:
         cbs += [keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
                 keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False, update_freq="epoch",
@@ -113,6 +104,8 @@ def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_
     cbs.append(throughput)
     if chief and sample_images is not None and cfg.image_every > 0:
         cbs.append(HeatmapImages(out_dir / "tensorboard" / "images", sample_images, cfg.image_every))
+    if cfg.early_stopping > 0:
+        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping, verbose=1 if chief else 0))
     return cbs
 
 
@@ -276,7 +269,7 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
     def compile_(lr):
         with dist.scope():
             compile_model(model, lr, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma, cfg.jit,
-                          dist.num_replicas, ema_momentum=cfg.ema_momentum)
+                          dist.num_replicas)
         prepare_multiworker_fit(model, dist, probe_x, probe_y)
 
     def fit(phase, **kw):

@@ -55,9 +55,6 @@ class TrainConfig:
                           "warm-up for WARMUP_EPOCHS, then cosine decay to zero over each phase.",
                           choices=LR_SCHEDULES)
     warmup_epochs: float = _f(1.0, "Warm-up length of --lr-schedule cosine (epochs, fractions allowed).")
-    ema_momentum: float = _f(0.0, "Keep an exponential moving average of the weights (Polyak averaging) with "
-                             "this momentum per step; validation, checkpoints and the final model use it. "
-                             "0: off. 0.999 averages over about the last 1,000 steps.")
     lr_factor: float = _f(0.8, "ReduceLROnPlateau factor.")
     lr_patience: int = _f(10, "ReduceLROnPlateau patience (epochs).")
     early_stopping: int = _f(0, "EarlyStopping patience on val_loss (0: off).")
@@ -93,8 +90,6 @@ class TrainConfig:
         for name in ("batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive. Received: {name}={getattr(self, name)}")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise ValueError(f"ema_momentum must be in [0, 1). Received: ema_momentum={self.ema_momentum}")
         if not 0.0 <= self.val_split < 1.0:
             raise ValueError(f"val_split must be in [0, 1). Received: val_split={self.val_split}")
         for name, allowed in (("lr_schedule", LR_SCHEDULES), ("strategy", STRATEGIES), ("cluster", CLUSTERS),

@@ -56,15 +56,13 @@ def test_tiny_training_writes_everything_and_learns(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_run_resumes(data_dir, tmp_path):
-    # with weight averaging: the backup must hold the raw weights and the average, not the swapped-in average
-    cfg = parse_train_config(_args(data_dir, tmp_path, "resume", "--epochs", "3", "--image-every", "0",
-                                   "--ema-momentum", "0.9"))
+    cfg = parse_train_config(_args(data_dir, tmp_path, "resume", "--epochs", "3", "--image-every", "0"))
     with pytest.raises(SimulatedInterruption):
         train(cfg, extra_callbacks=[StopAfterEpoch(1)])
     run = tmp_path / "logs" / "resume"
     assert _csv_epochs(run / "history.csv") == [0, 1]
     assert (run / "backup" / "phase1").is_dir()
-    train_vis.main(_args(data_dir, tmp_path, "resume", "--epochs", "3", "--image-every", "0", "--ema-momentum", "0.9"))
+    train_vis.main(_args(data_dir, tmp_path, "resume", "--epochs", "3", "--image-every", "0"))
     assert _csv_epochs(run / "history.csv") == [0, 1, 2]
     assert not (run / "backup" / "phase1").exists()
 
