@@ -1,14 +1,15 @@
 """The visible-keypoint network: an encoder backbone, a U-Net decoder, a heatmap head and SoftArgMax.
 
-Legend: B batch, S input side (px), S/2 heatmap side, K keypoints.
+Legend: B batch, S input side (px), H heatmap side (S/2, or S with a fifth decoder stage), K keypoints.
 
     image (B, S, S, 3) RGB 0..255
       -> InputNormalization (caffe for ResNet-50: RGB->BGR, minus ImageNet means)
       -> backbone "backbone" (a nested keras.Model): taps at S/2, S/4, S/8, S/16 and bottleneck S/32
       -> bottleneck 1x1 conv to decoder_widths[0]
       -> 4 x [upsample x2, 1x1 projection of the skip, concat, 2 x (3x3 conv + BN + ReLU)]
-         with widths decoder_widths[1:], ending at S/2
-      -> "heatmaps": 1x1 conv to K + sigmoid, (B, S/2, S/2, K) float32
+         with widths decoder_widths[1:5], ending at S/2
+      -> (with a sixth width) a fifth such stage at S, its skip the normalised image
+      -> "heatmaps": 1x1 conv to K + sigmoid, (B, H, H, K) float32
       -> "coords":   SoftArgMax(beta), (B, 2K) float32 normalised x0, y0, x1, y1, ...
 
 Importing this module registers the custom layers, losses and optimizer, so a saved ``.keras`` file
@@ -54,7 +55,8 @@ class ModelConfig:
     num_keypoints: int = _help("Number of keypoints K.", default=11)
     backbone: str = field(default="resnet50", metadata={"help": "Encoder backbone.", "choices": BACKBONES})
     backbone_width: int = _help("Base width of the resnet18ish backbone (64 = ResNet-18 widths).", default=64)
-    decoder_widths: tuple[int, ...] = _help("Bottleneck projection width, then the 4 decoder stage widths.",
+    decoder_widths: tuple[int, ...] = _help("Bottleneck projection width, then one width per decoder stage: "
+                                            "4 stages end at half the input size, 5 at the full size.",
                                             default=(1024, 512, 256, 128, 64))
     beta: float = _help("SoftArgMax temperature.", default=15.0)
 
@@ -62,8 +64,9 @@ class ModelConfig:
         self.decoder_widths = tuple(int(w) for w in self.decoder_widths)
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}. Received: backbone={self.backbone!r}")
-        if len(self.decoder_widths) != 5 or min(self.decoder_widths) <= 0:
-            raise ValueError(f"decoder_widths needs 5 positive widths. Received: {self.decoder_widths}")
+        if len(self.decoder_widths) not in (5, 6) or min(self.decoder_widths) <= 0:
+            raise ValueError("decoder_widths needs 5 positive widths (heatmaps at half the input size) or 6 "
+                             f"(at the full size). Received: {self.decoder_widths}")
         if self.input_size % 32 or self.input_size < 32:
             raise ValueError(f"input_size must be a multiple of 32 (>= 32). Received: input_size={self.input_size}")
         if self.num_keypoints <= 0:
@@ -71,7 +74,7 @@ class ModelConfig:
 
     @property
     def heatmap_size(self) -> int:
-        return self.input_size // 2
+        return self.input_size // 2 if len(self.decoder_widths) == 5 else self.input_size
 
 
 # -- backbone weights ---------------------------------------------------------------------------
@@ -221,10 +224,12 @@ def build_model(cfg: ModelConfig, weights: str | None = None) -> keras.Model:
         float32 and ``coords`` (B, 2K) float32 normalised, interleaved x, y.
     """
     inp = keras.Input((cfg.input_size, cfg.input_size, 3), name="image")
-    x = InputNormalization(_NORMALISATION[cfg.backbone], name="normalise")(inp)
+    normalised = InputNormalization(_NORMALISATION[cfg.backbone], name="normalise")(inp)
     backbone = build_backbone(cfg, weights)
-    *skips, x = backbone(x)
+    *skips, x = backbone(normalised)
     w0, *stage_widths = cfg.decoder_widths
+    if len(stage_widths) == 5:  # a fifth stage at the input size, its skip the normalised image itself
+        skips = [normalised, *skips]
     x = _conv_bn_relu(x, w0, 1, name="bottleneck")
     for i, (skip, width) in enumerate(zip(reversed(skips), stage_widths)):
         name = f"decoder{i + 1}"
@@ -254,5 +259,5 @@ def check_heatmap_size(cfg: ModelConfig, heat_size: int, source: str = "the prep
         raise ValueError(
             f"The {cfg.backbone} model on {cfg.input_size} px inputs predicts {cfg.heatmap_size} px heatmaps, "
             f"but {source} has heat_size={heat_size}. Re-run preprocess_vis.py with "
-            f"--heat-size {cfg.heatmap_size} (or --img-size {2 * int(heat_size)})."
+            f"--heat-size {cfg.heatmap_size} (or --img-size {cfg.input_size // cfg.heatmap_size * int(heat_size)})."
         )

@@ -222,6 +222,11 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
         raise ValueError(f"X_data images are {img_size} px but the preprocessing config says "
                          f"img_size={pre['img_size']} ({cfg.data_dir}). Re-run preprocess_vis.py.")
     heat_size, sigma = int(pre.get("heat_size", img_size // 2)), float(pre.get("sigma", 2.0))
+    if cfg.heatmap_sigma > 0 and cfg.heatmap_sigma != sigma:
+        if cfg.heatmap_source == "stored":
+            raise ValueError(f"--heatmap-sigma {cfg.heatmap_sigma} needs --heatmap-source render: the heatmaps stored "
+                             f"in {cfg.data_dir}/Y_data.npz were drawn with sigma {sigma}.")
+        sigma = cfg.heatmap_sigma
     mcfg = cfg.model_config(img_size, k)
     check_heatmap_size(mcfg, heat_size, source=f"{cfg.data_dir}/Y_data.npz")
     common = dict(sigma=sigma, heat_size=heat_size, stored_heatmaps=cfg.heatmap_source == "stored")
@@ -237,7 +242,8 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
                   "global_batch": global_batch, "per_replica_batch": global_batch // dist.num_replicas,
                   "sync_batchnorm_layers": n_sync}
     meta = {"preprocess": pre, "train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg),
-            "num_keypoints": k, "precision": policy, "backbone_init": note, "val_stems": val_stems}
+            "num_keypoints": k, "precision": policy, "backbone_init": note, "val_stems": val_stems,
+            "targets": {"heat_size": heat_size, "sigma": sigma}}
     if chief:
         write_json(run_dir / "split.json", {"seed": cfg.seed, "val_split": cfg.val_split,
                                              "val_indices": val_idx, "val_stems": val_stems})
@@ -250,7 +256,7 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
     steps = cfg.steps_per_epoch or None
 
     _log(f"run folder {run_dir}; {len(train_idx)} train / {len(val_idx)} val images, K={k}, "
-         f"{img_size}px input, {heat_size}px heatmaps; precision {policy} ({why}); {note}")
+         f"{img_size}px input, {heat_size}px heatmaps (sigma {sigma:g}); precision {policy} ({why}); {note}")
     _log(f"strategy {dist.name}: {dist.num_replicas} replica(s) on {dist.num_workers} worker(s), this process "
          f"{dist.task}{' (chief)' if chief else f' (writes only to {scratch})'}; global batch {global_batch} = "
          f"{global_batch // dist.num_replicas} per replica x {dist.num_replicas} (--batch-size-mode "

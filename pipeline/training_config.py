@@ -32,7 +32,8 @@ class TrainConfig:
     # architecture
     backbone: str = _f("resnet50", "Encoder backbone.", choices=BACKBONES)
     backbone_width: int = _f(64, "Base width of the resnet18ish backbone.")
-    decoder_widths: tuple[int, ...] = _f((1024, 512, 256, 128, 64), "Bottleneck width then the 4 decoder stage widths.")
+    decoder_widths: tuple[int, ...] = _f((1024, 512, 256, 128, 64), "Bottleneck width, then one width per decoder stage: "
+                                         "4 widths give heatmaps at half the input size, 5 at the full size.")
     weights: str = _f("auto", "Backbone init: auto (ImageNet if available, else scratch), imagenet, none, or an .h5 path.")
     beta: float = _f(15.0, "SoftArgMax temperature.")
     # optimisation
@@ -59,6 +60,8 @@ class TrainConfig:
     lr_patience: int = _f(10, "ReduceLROnPlateau patience (epochs).")
     early_stopping: int = _f(0, "EarlyStopping patience on val_loss (0: off).")
     # data
+    heatmap_sigma: float = _f(0.0, "Gaussian sigma (heatmap pixels) of the targets rendered during training; 0: the "
+                              "--sigma the arrays were preprocessed with. Needs --heatmap-source render.")
     heatmap_source: str = _f("render", "Heatmap targets: rendered on the fly from coords, or stored in Y_data.npz.",
                              choices=("render", "stored"))
     augment: bool = _f(True, "Photometric augmentation of training batches.")
@@ -90,6 +93,8 @@ class TrainConfig:
         for name in ("batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive. Received: {name}={getattr(self, name)}")
+        if self.heatmap_sigma < 0:
+            raise ValueError(f"heatmap_sigma must be >= 0 (0: the preprocessing sigma). Received: {self.heatmap_sigma}")
         if not 0.0 <= self.val_split < 1.0:
             raise ValueError(f"val_split must be in [0, 1). Received: val_split={self.val_split}")
         for name, allowed in (("lr_schedule", LR_SCHEDULES), ("strategy", STRATEGIES), ("cluster", CLUSTERS),

@@ -27,6 +27,17 @@ def test_tiny_model_shapes(size, k):
     assert hm.min() >= 0 and hm.max() <= 1
 
 
+def test_sixth_decoder_width_gives_full_size_heatmaps():
+    cfg = ModelConfig(input_size=64, num_keypoints=3, **{**TINY, "decoder_widths": (16, 16, 8, 8, 8, 8)})
+    assert cfg.heatmap_size == 64
+    m = build_model(cfg)
+    out = m(np.zeros((2, 64, 64, 3), np.float32))
+    assert out["heatmaps"].shape == (2, 64, 64, 3)
+    assert m.get_layer("decoder5_c2_conv").filters == 8
+    with pytest.raises(ValueError, match="--heat-size 64 \\(or --img-size 32\\)"):
+        check_heatmap_size(cfg, 32)
+
+
 def test_resnet50_seed001_architecture_builds_with_taps():
     m = build_model(ModelConfig(input_size=64, num_keypoints=5))
     bb = m.get_layer("backbone")

@@ -33,7 +33,8 @@ def _csv_epochs(path):
 
 
 def test_tiny_training_writes_everything_and_learns(data_dir, tmp_path):
-    summary = train_vis.main(_args(data_dir, tmp_path, "r1", "--epochs", "4", "--learning-rate", "3e-3"))
+    summary = train_vis.main(_args(data_dir, tmp_path, "r1", "--epochs", "4", "--learning-rate", "3e-3",
+                                   "--heatmap-sigma", "1.0"))
     run = tmp_path / "logs" / "r1"
     for name in ("config.json", "split.json", "history.csv", "best_model.keras", "best_model.json", "summary.json"):
         assert (run / name).is_file(), name
@@ -47,6 +48,7 @@ def test_tiny_training_writes_everything_and_learns(data_dir, tmp_path):
     assert "val_coords_px_error" in rows[0] and "learning_rate" in rows[0]
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["train"]["backbone"] == "resnet18ish" and cfg["num_keypoints"] == 3
+    assert cfg["targets"] == {"heat_size": 16, "sigma": 1.0} and cfg["preprocess"]["sigma"] == 1.5
     model, meta = load_model(tmp_path / "model.keras")
     split = json.loads((run / "split.json").read_text())
     assert meta["val_stems"] == split["val_stems"] and len(split["val_stems"]) == 7
@@ -89,6 +91,8 @@ def test_clear_errors(data_dir, tmp_path, monkeypatch):
         train_vis.main(_args(tmp_path / "empty", tmp_path, "e1"))
     with pytest.raises(ValueError, match="batch_size=64 is larger"):
         train_vis.main(_args(data_dir, tmp_path, "e2", "--batch-size", "64"))
+    with pytest.raises(ValueError, match="needs --heatmap-source render"):
+        train_vis.main(_args(data_dir, tmp_path, "e5", "--heatmap-sigma", "1.0", "--heatmap-source", "stored"))
     odd = make_fake_dataset(tmp_path / "odd", n=12, k=3, img_size=32, heat_size=8, with_heatmaps=False)
     with pytest.raises(ValueError, match="heat_size=8"):
         train_vis.main(_args(odd, tmp_path, "e3"))
