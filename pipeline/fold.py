@@ -32,11 +32,12 @@ def _producer(tensor):
     return tensor._keras_history.operation
 
 
-def _foldable_pairs(model: keras.Model) -> dict[str, str]:
-    """BatchNorm name -> name of the Conv2D it can fold into, over ``model`` and its nested models.
+def _foldable_pairs(model: keras.Model) -> dict[int, tuple]:
+    """id(BatchNorm) -> (BatchNorm, the Conv2D it can fold into), over ``model`` and its nested models.
 
     A pair qualifies when the BatchNorm normalises the last axis, takes the convolution's output as
     its only input, and nothing else reads that output; the convolution has no activation and one group.
+    Layers are matched by object, not name: a nested model may reuse an outer layer's name.
     """
     pairs = {}
     consumers: dict[int, int] = {}
@@ -49,7 +50,7 @@ def _foldable_pairs(model: keras.Model) -> dict[str, str]:
             for t in node.input_tensors:
                 consumers[id(_producer(t))] = consumers.get(id(_producer(t)), 0) + 1
     for bn in layers:
-        if type(bn) is keras.Model or not isinstance(bn, _BN) or len(bn._inbound_nodes) != 1:
+        if not isinstance(bn, _BN) or len(bn._inbound_nodes) != 1:
             continue
         inputs = bn._inbound_nodes[0].input_tensors
         if len(inputs) != 1 or bn.axis not in (-1, len(inputs[0].shape) - 1):
@@ -57,7 +58,7 @@ def _foldable_pairs(model: keras.Model) -> dict[str, str]:
         conv = _producer(inputs[0])
         if (isinstance(conv, _CONV) and consumers.get(id(conv)) == 1 and len(conv._inbound_nodes) == 1
                 and conv.get_config().get("activation") == "linear" and conv.groups == 1):
-            pairs[bn.name] = conv.name
+            pairs[id(bn)] = (bn, conv)
     return pairs
 
 
@@ -74,29 +75,27 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     pairs = _foldable_pairs(model)
     if not pairs:
         return model
-    convs = set(pairs.values())
+    bn_of_conv = {id(conv): bn for bn, conv in pairs.values()}
+    made = []  # (original layer, its copy)
 
     def clone(layer):
         if isinstance(layer, keras.Model):
             return keras.models.clone_model(layer, clone_function=clone)
-        if layer.name in pairs:
+        if id(layer) in pairs:
             return FoldedBatchNorm(name=layer.name, dtype=layer.dtype_policy)
         config = layer.get_config()
-        if layer.name in convs:
+        if id(layer) in bn_of_conv:
             config["use_bias"] = True
-        return type(layer).from_config(config)
+        copy = type(layer).from_config(config)
+        made.append((layer, copy))
+        return copy
 
     folded = keras.models.clone_model(model, clone_function=clone)
-    source = {layer.name: layer for layer in _all_layers(model)}
-    bn_of = {conv: bn for bn, conv in pairs.items()}
-    for layer in _all_layers(folded):
-        if isinstance(layer, keras.Model) or layer.name in pairs:
-            continue
-        old = source[layer.name]
-        if layer.name in bn_of:
-            layer.set_weights(_folded_weights(old, source[bn_of[layer.name]]))
+    for old, new in made:
+        if id(old) in bn_of_conv:
+            new.set_weights(_folded_weights(old, bn_of_conv[id(old)]))
         else:
-            layer.set_weights(old.get_weights())
+            new.set_weights(old.get_weights())
     return folded
 
 

@@ -54,3 +54,19 @@ def test_batchnorm_not_after_a_convolution_stays():
     assert _count_bn(folded) == 2
     x = np.random.default_rng(2).normal(size=(1, 8, 8, 2)).astype("float32")
     np.testing.assert_allclose(folded.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5, atol=1e-5)
+
+
+def test_nested_model_reusing_outer_layer_names():
+    def conv_bn(x, filters):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name="conv")(x)
+        return keras.layers.BatchNormalization(name="bn")(x)
+
+    inner_in = keras.Input((8, 8, 2))
+    inner = keras.Model(inner_in, conv_bn(inner_in, 4), name="inner")
+    inp = keras.Input((8, 8, 2))
+    model = keras.Model(inp, conv_bn(keras.layers.ReLU(name="relu")(inner(inp)), 3))
+    _randomise_batchnorm(model, np.random.default_rng(3))
+    folded = fold_batchnorm(model)
+    assert _count_bn(folded) == 0
+    x = np.random.default_rng(4).normal(size=(2, 8, 8, 2)).astype("float32")
+    np.testing.assert_allclose(folded.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5, atol=1e-5)
