@@ -225,7 +225,8 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
     if cfg.heatmap_sigma > 0 and cfg.heatmap_sigma != sigma:
         if cfg.heatmap_source == "stored":
             raise ValueError(f"--heatmap-sigma {cfg.heatmap_sigma} needs --heatmap-source render: the heatmaps stored "
-                             f"in {cfg.data_dir}/Y_data.npz were drawn with sigma {sigma}.")
+                             f"in {cfg.data_dir}/Y_data.npz were drawn with sigma {sigma} (--heatmap-sigma 0 trains on them "
+                             "as they are).")
         sigma = cfg.heatmap_sigma
     mcfg = cfg.model_config(img_size, k)
     check_heatmap_size(mcfg, heat_size, source=f"{cfg.data_dir}/Y_data.npz")

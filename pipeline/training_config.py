@@ -134,7 +134,8 @@ PRESETS: dict[str, dict] = {
     "cpu": {
         "backbone": "resnet18ish", "backbone_width": 24, "decoder_widths": (96, 48, 48, 24, 24),
         "weights": "none", "batch_size": 16, "epochs": 20, "learning_rate": 2e-3, "lr_schedule": "cosine",
-        "warmup_epochs": 1.0, "affine_prob": 0.5, "focal_alpha": 0.5, "focal_gamma": 0.0, "image_every": 5,
+        "warmup_epochs": 1.0, "affine_prob": 0.5, "focal_alpha": 0.5, "focal_gamma": 0.0, "heatmap_sigma": 1.5,
+        "image_every": 5,
     },
     "tiny": {
         "backbone": "resnet18ish", "backbone_width": 8, "decoder_widths": (32, 16, 16, 8, 8), "weights": "none",
