@@ -75,6 +75,26 @@ def _build(mcfg: ModelConfig, weights: str):
     return model, weights_arg is not None, note
 
 
+def heatmap_targets(cfg: TrainConfig, mcfg: ModelConfig, pre: dict) -> tuple[int, float]:
+    """(side, sigma in heatmap pixels) of the training targets, given the preprocessing config ``pre``.
+
+    Stored heatmaps are used as preprocessed, so their side must be the model's. Rendered ones are
+    drawn at the model's heatmap side with ``--heatmap-sigma``, else with the preprocessing sigma
+    scaled to that side (the same width in input pixels): changing the decoder needs no new arrays.
+    """
+    pre_side = int(pre.get("heat_size", mcfg.input_size // 2))
+    pre_sigma = float(pre.get("sigma", 2.0))
+    if cfg.heatmap_source == "stored":
+        check_heatmap_size(mcfg, pre_side, source=f"{cfg.data_dir}/Y_data.npz")
+        if cfg.heatmap_sigma > 0 and cfg.heatmap_sigma != pre_sigma:
+            raise ValueError(f"--heatmap-sigma {cfg.heatmap_sigma} needs --heatmap-source render: the heatmaps stored "
+                             f"in {cfg.data_dir}/Y_data.npz were drawn with sigma {pre_sigma} (--heatmap-sigma 0 "
+                             "trains on them as they are).")
+        return pre_side, pre_sigma
+    side = mcfg.heatmap_size
+    return side, cfg.heatmap_sigma or pre_sigma * side / pre_side
+
+
 def _lr_callback(cfg, phase: int, monitor: str, chief: bool):
     """The phase's learning-rate control: ReduceLROnPlateau, or the per-step cosine schedule."""
     if cfg.lr_schedule == "cosine":
@@ -221,15 +241,8 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
     if int(pre.get("img_size", img_size)) != img_size:
         raise ValueError(f"X_data images are {img_size} px but the preprocessing config says "
                          f"img_size={pre['img_size']} ({cfg.data_dir}). Re-run preprocess_vis.py.")
-    heat_size, sigma = int(pre.get("heat_size", img_size // 2)), float(pre.get("sigma", 2.0))
-    if cfg.heatmap_sigma > 0 and cfg.heatmap_sigma != sigma:
-        if cfg.heatmap_source == "stored":
-            raise ValueError(f"--heatmap-sigma {cfg.heatmap_sigma} needs --heatmap-source render: the heatmaps stored "
-                             f"in {cfg.data_dir}/Y_data.npz were drawn with sigma {sigma} (--heatmap-sigma 0 trains on them "
-                             "as they are).")
-        sigma = cfg.heatmap_sigma
     mcfg = cfg.model_config(img_size, k)
-    check_heatmap_size(mcfg, heat_size, source=f"{cfg.data_dir}/Y_data.npz")
+    heat_size, sigma = heatmap_targets(cfg, mcfg, pre)
     common = dict(sigma=sigma, heat_size=heat_size, stored_heatmaps=cfg.heatmap_source == "stored")
     data = _data(cfg, dist, ds, own, global_batch, common, aug)
     train_idx, val_idx = data.train_idx, data.val_idx

@@ -110,6 +110,7 @@ def test_narrow_resnet18ish_trains_at_128px():
 
     cfg = ModelConfig(input_size=128, num_keypoints=3, backbone="resnet18ish", backbone_width=8,
                       decoder_widths=(16, 8, 8, 8, 8))
+    keras.utils.set_random_seed(0)  # unseeded, the loss after 4 steps on noise rose in 2 of 5 runs
     model = build_model(cfg)
     assert not [layer.name for layer in model.get_layer("backbone").layers
                 if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (1, 1) and layer.strides != (1, 1)]

@@ -12,8 +12,9 @@ from pipeline.callbacks import SimulatedInterruption, StopAfterEpoch
 from pipeline.input_data import make_dataset, split_indices
 from pipeline.arrays import load_dataset
 from pipeline.model_io import load_model
-from pipeline.train import train
-from pipeline.training_config import PRESETS, parse_train_config
+from pipeline.model import ModelConfig
+from pipeline.train import heatmap_targets, train
+from pipeline.training_config import PRESETS, TrainConfig, parse_train_config
 from tests.fakedata import make_fake_dataset
 
 
@@ -94,13 +95,28 @@ def test_clear_errors(data_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="needs --heatmap-source render"):
         train_vis.main(_args(data_dir, tmp_path, "e5", "--heatmap-sigma", "1.0", "--heatmap-source", "stored"))
     odd = make_fake_dataset(tmp_path / "odd", n=12, k=3, img_size=32, heat_size=8, with_heatmaps=False)
-    with pytest.raises(ValueError, match="heat_size=8"):
-        train_vis.main(_args(odd, tmp_path, "e3"))
+    with pytest.raises(ValueError, match="heat_size=8"):  # stored maps must match; rendered ones follow the model
+        train_vis.main(_args(odd, tmp_path, "e3", "--heatmap-source", "stored"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / ".keras"))
     monkeypatch.setattr(model_mod, "_online", lambda timeout=3.0: False)
     with pytest.raises(RuntimeError, match="--weights none"):
         train_vis.main(_args(data_dir, tmp_path, "e4", "--backbone", "resnet50", "--weights", "imagenet"))
+
+
+def test_heatmap_targets_follow_the_model_when_rendered():
+    pre = {"img_size": 32, "heat_size": 8, "sigma": 1.5}
+    mcfg = ModelConfig(input_size=32, num_keypoints=3, backbone="resnet18ish", decoder_widths=(8,) * 5)  # 16 px maps
+    full = ModelConfig(input_size=32, num_keypoints=3, backbone="resnet18ish", decoder_widths=(8,) * 6)  # 32 px maps
+    assert heatmap_targets(TrainConfig(), mcfg, pre) == (16, 3.0)  # the same width in input pixels
+    assert heatmap_targets(TrainConfig(), full, pre) == (32, 6.0)
+    assert heatmap_targets(TrainConfig(heatmap_sigma=1.0), full, pre) == (32, 1.0)
+    stored = TrainConfig(heatmap_source="stored")
+    assert heatmap_targets(stored, mcfg, {**pre, "heat_size": 16}) == (16, 1.5)
+    with pytest.raises(ValueError, match="heat_size=8"):
+        heatmap_targets(stored, mcfg, pre)
+    with pytest.raises(ValueError, match="needs --heatmap-source render"):
+        heatmap_targets(TrainConfig(heatmap_source="stored", heatmap_sigma=1.0), mcfg, {**pre, "heat_size": 16})
 
 
 def test_input_pipeline_batches_and_targets(data_dir):
