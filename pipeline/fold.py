@@ -2,7 +2,8 @@
 
 In inference a BatchNorm is a per-channel affine map, ``y = (x - mean) * gamma / sqrt(var + eps) + beta``,
 so after a convolution it can be merged into that convolution's kernel and bias: one pass over the
-activations fewer per layer, and the convolution's bias and ReLU can fuse into its kernel. The folded
+activations fewer per layer (the ``paper`` model alone in bf16 on a 2-core CPU: 92-94 -> 98-99
+images/s at batch 32; end to end from files 35.9 -> 37.3-37.8). The folded
 model computes the same function (to float rounding); it is for prediction only (training would need
 the BatchNorm back).
 """

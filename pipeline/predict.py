@@ -103,7 +103,7 @@ def load_model_and_geometry(path: Path):
     """(model, meta, geometry, K); missing or unusable model files raise InferError naming the file.
 
     The model comes with its BatchNorms folded into their convolutions (:mod:`pipeline.fold`): the same
-    predictions, 6-8 % faster."""
+    predictions, a few percent faster."""
     from pipeline.model_io import load_model
 
     try:

@@ -61,7 +61,8 @@ class TrainConfig:
     early_stopping: int = _f(0, "EarlyStopping patience on val_loss (0: off).")
     # data
     heatmap_sigma: float = _f(0.0, "Gaussian sigma (heatmap pixels) of the targets rendered during training; 0: the "
-                              "--sigma the arrays were preprocessed with. Needs --heatmap-source render.")
+                              "preprocessing --sigma, scaled to the model's heatmap side. Needs --heatmap-source "
+                              "render.")
     heatmap_source: str = _f("render", "Heatmap targets: rendered on the fly from coords, or stored in Y_data.npz.",
                              choices=("render", "stored"))
     augment: bool = _f(True, "Photometric augmentation of training batches.")
