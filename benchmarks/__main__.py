@@ -26,12 +26,10 @@ SIZES = {
 
 
 def _generate(out: Path, count: int, quick: bool) -> Path:
-    if not (out / "Object_Information").is_dir():
-        from pipeline.synthetic import generate_dataset
+    from pipeline.synthetic import generate_dataset
 
-        size = {"width": 320, "height": 180} if quick else {}
-        generate_dataset(out, count=count, seed=100, progress=False, **size)
-    return out
+    size = {"width": 320, "height": 180} if quick else {}
+    return generate_dataset(out, count=count, seed=100, progress=False, resume=True, **size)
 
 
 def bench_preprocess(work: Path, quick: bool) -> dict:

@@ -51,12 +51,10 @@ def run(work_dir: str, recipe: str = "full") -> dict:
     py = sys.executable
     size = r.get("size", [])
     times = {}
-    if not (work / "train" / "Object_Information").is_dir():
-        times["generate_train_s"] = _run([py, "-m", "pipeline.synthetic", "--out", work / "train", "--count",
-                                          r["train_count"], "--seed", r["train_seed"], "--no-progress", *size], log)
-    if not (work / "test" / "Object_Information").is_dir():
-        times["generate_test_s"] = _run([py, "-m", "pipeline.synthetic", "--out", work / "test", "--count",
-                                         r["test_count"], "--seed", r["test_seed"], "--no-progress", *size], log)
+    for split in ("train", "test"):  # --resume: reuses what an earlier run rendered, checks its settings
+        times[f"generate_{split}_s"] = _run([py, "-m", "pipeline.synthetic", "--out", work / split, "--count",
+                                             r[f"{split}_count"], "--seed", r[f"{split}_seed"], "--no-progress",
+                                             "--resume", *size], log)
     times["preprocess_s"] = _run([py, "preprocess_vis.py", "--data-dir", work / "train", "--out-dir", work / "arrays",
                                   "--quiet", "--sanity-grid", ""], log)
     model = work / "model.keras"

@@ -325,3 +325,34 @@ def test_full_size_default_and_contact_sheet(small_ds, tmp_path):
     assert img[mask].mean() != img[~mask].mean()
     out = contact_sheet(small_ds, tmp_path / "sheet.png", n=4, cols=2, tile=160)
     assert Image.open(out).size[0] == 2 * 160 + 4
+
+
+def test_resume_finishes_and_grows_a_dataset(small_ds, tmp_path):
+    root = tmp_path / "r"
+    generate_dataset(root, 3, seed=3, width=W, height=H, workers=1, progress=False)
+    (root / "JSON_Data_REF" / "img_000001.json").unlink()          # as if killed between the two writes
+    png0 = root / "Rendered_Images" / "img_000000.png"
+    png0.write_bytes(b"kept")                                      # resume must not re-render a complete pair
+    generate_dataset(root, 6, seed=3, width=W, height=H, workers=1, progress=False, resume=True)
+    got, want = _files(root), _files(small_ds)
+    assert got.pop("Rendered_Images/img_000000.png") == b"kept"
+    want.pop("Rendered_Images/img_000000.png")
+    assert got == want                                             # the rest is what one full run writes
+    manifest = json.loads((root / "generation.json").read_text())
+    assert (manifest["seed"], manifest["width"], manifest["height"]) == (3, W, H)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    root = tmp_path / "r"
+    generate_dataset(root, 2, seed=3, width=W, height=H, workers=1, progress=False)
+    with pytest.raises(ValueError, match=r"generation\.json.*other seed"):
+        generate_dataset(root, 4, seed=4, width=W, height=H, workers=1, progress=False, resume=True)
+    with pytest.raises(ValueError, match=r"other mesh"):
+        generate_dataset(root, 4, seed=3, mesh="cuboid", width=W, height=H, workers=1, progress=False, resume=True)
+    with pytest.raises(ValueError, match=r"beyond --count 1"):
+        generate_dataset(root, 1, seed=3, width=W, height=H, workers=1, progress=False, resume=True)
+    (root / "generation.json").unlink()
+    with pytest.raises(ValueError, match=r"generation\.json.*cannot resume"):
+        generate_dataset(root, 4, seed=3, width=W, height=H, workers=1, progress=False, resume=True)
+    generate_dataset(tmp_path / "fresh", 1, seed=3, width=W, height=H, workers=1, progress=False, resume=True)
+    assert (tmp_path / "fresh" / "Rendered_Images" / "img_000000.png").is_file()

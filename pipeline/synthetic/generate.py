@@ -3,8 +3,10 @@
 DATA_ROOT/Rendered_Images/<stem>.png, DATA_ROOT/JSON_Data_REF/<stem>.json,
 DATA_ROOT/Object_Information/mesh_information.json; stems img_000000, ...
 Image i is rendered from its own RNG seeded with (seed, i), so output does not
-depend on the number of workers. Every file is written to a temporary sibling
-and renamed into place (``pipeline.arrays.atomic_path``).
+depend on the number of workers, and a run can be resumed or grown: DATA_ROOT/generation.json
+records the settings, and ``resume=True`` renders only the images whose PNG and JSON are not both
+on disk yet. Every file is written to a temporary sibling and renamed into place
+(``pipeline.arrays.atomic_path``).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .shading import FaceFrames
 
 JSON_DIR, INFO_DIR = ANNOTATIONS_DIR, MESH_DIR
 MESH_FILE = "mesh_information.json"
+MANIFEST_FILE = "generation.json"
 
 
 def stem_for(index: int) -> str:
@@ -54,6 +57,35 @@ def _init_worker(mesh: Mesh, out_dir: str, seed: int, width: int, height: int, b
                   background=background, frames=FaceFrames(mesh))
 
 
+def _settings(mesh: Mesh, seed: int, width: int, height: int, background: str) -> dict:
+    """What decides every pixel and label of a dataset (not the count or the workers)."""
+    return {"seed": seed, "width": width, "height": height, "background": background, "mesh": mesh.info()}
+
+
+def _todo(out: Path, count: int, settings: dict, resume: bool) -> list:
+    """Indices still to render; with ``resume``, checks that DATA_ROOT was made with ``settings``."""
+    if not resume:
+        return list(range(count))
+    manifest = out / MANIFEST_FILE
+    if any((out / IMAGES_DIR).glob("*.png")):
+        try:
+            old = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{manifest}: cannot resume, no readable generation record ({e}); "
+                             f"generate into an empty directory or without --resume") from None
+        diff = [k for k in settings if old.get(k) != settings[k]]
+        if diff:
+            raise ValueError(f"{manifest}: cannot resume, the dataset was made with other {', '.join(diff)}; "
+                             f"pass the same settings, or generate into another directory")
+        beyond = [p.name for p in (out / IMAGES_DIR).glob("img_*.png")
+                  if p.stem[4:].isdigit() and int(p.stem[4:]) >= count]
+        if beyond:
+            raise ValueError(f"{out / IMAGES_DIR}: holds {len(beyond)} images beyond --count {count} "
+                             f"(e.g. {sorted(beyond)[0]}); pass --count >= {count + len(beyond)} or use another directory")
+    return [i for i in range(count) if not ((out / IMAGES_DIR / f"{stem_for(i)}.png").is_file()
+                                            and (out / JSON_DIR / f"{stem_for(i)}.json").is_file())]
+
+
 def _render_one(index: int) -> int:
     s = _STATE
     img, ann, _ = render_sample(s["mesh"], index, s["seed"], s["width"], s["height"],
@@ -68,11 +100,13 @@ def _render_one(index: int) -> int:
 def generate_dataset(out_dir: Union[str, Path], count: int, seed: int = 0,
                      mesh: Union[str, Path, Mesh] = "spacecraft", width: int = 1920,
                      height: int = 1080, workers: Optional[int] = None,
-                     background: str = "mixed", progress: bool = True) -> Path:
+                     background: str = "mixed", progress: bool = True, resume: bool = False) -> Path:
     """Render `count` annotated images into out_dir (4SP layout); returns out_dir as a Path.
 
     mesh: 'spacecraft', 'cuboid', a .json / .obj path, or a Mesh. workers: process
     count (default os.cpu_count(); 1 = in-process). background: mixed|black|stars|earth.
+    resume: keep the images already complete in out_dir (same settings required) and render the
+    rest, to finish an interrupted run or grow a dataset.
     """
     if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count <= 0:
         raise ValueError(f"count must be a positive integer, got {count!r}")
@@ -92,21 +126,24 @@ def generate_dataset(out_dir: Union[str, Path], count: int, seed: int = 0,
         (out / sub).mkdir(parents=True, exist_ok=True)
         for stale in (out / sub).glob("*.tmp"):  # debris of an interrupted earlier run
             stale.unlink()
+    settings = _settings(mesh_obj, int(seed), int(width), int(height), background)
+    todo = _todo(out, count, settings, resume)
+    atomic_write_json(out / MANIFEST_FILE, settings)
     atomic_write_json(out / INFO_DIR / MESH_FILE, mesh_obj.info())
     args = (mesh_obj, str(out), int(seed), int(width), int(height), background)
-    workers = min(workers, count)
-    bar = tqdm(total=count, desc="rendering", unit="img", disable=not progress)
+    workers = max(1, min(workers, len(todo)))
+    bar = tqdm(total=len(todo), desc="rendering", unit="img", disable=not progress)
     try:
         if workers == 1:
             _init_worker(*args)
-            for i in range(count):
+            for i in todo:
                 _render_one(i)
                 bar.update()
         else:
             # fork is cheapest, but unsafe once TensorFlow (threads) lives in this process
             ctx = mp.get_context("spawn" if "tensorflow" in sys.modules or os.name == "nt" else "fork")
             with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
-                for _ in pool.imap_unordered(_render_one, range(count), chunksize=1):
+                for _ in pool.imap_unordered(_render_one, todo, chunksize=1):
                     bar.update()
     finally:
         bar.close()
@@ -125,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
     p.add_argument("--background", default="mixed", choices=("mixed",) + KINDS)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the images already complete in --out (made with the same settings) and render "
+                        "only the missing ones: finishes an interrupted run, or grows a dataset to --count")
     return p
 
 
@@ -133,10 +173,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     try:
         out = generate_dataset(args.out, args.count, args.seed, args.mesh, args.width,
-                               args.height, args.workers, args.background, not args.no_progress)
+                               args.height, args.workers, args.background, not args.no_progress,
+                               resume=args.resume)
     except (MeshError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     dt = time.perf_counter() - t0
-    print(f"wrote {args.count} images to {out} in {dt:.1f} s ({args.count / dt:.2f} img/s)")
+    if args.resume:
+        print(f"{out} holds {args.count} images; finished in {dt:.1f} s")
+    else:
+        print(f"wrote {args.count} images to {out} in {dt:.1f} s ({args.count / dt:.2f} img/s)")
     return 0
