@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 RECIPES = {
-    "full": {"train_count": 4000, "test_count": 300, "train_seed": 1000, "test_seed": 2000, "preset": "cpu",
-             "extra": ["--epochs", "45"]},
+    "full": {"train_count": 10000, "test_count": 300, "train_seed": 1000, "test_seed": 2000, "preset": "cpu",
+             "extra": ["--epochs", "17", "--val-split", "0.06"]},
     "quick": {"train_count": 16, "test_count": 4, "train_seed": 1000, "test_seed": 2000, "preset": "tiny",
               "extra": ["--epochs", "1"], "size": ["--width", "320", "--height", "180"]},
 }

@@ -143,6 +143,7 @@ class _Data:
     my_val: np.ndarray
     train: object
     val: object
+    steps: int  # training batches in one pass over this worker's part (the stream repeats)
     note: str
 
 
@@ -161,9 +162,9 @@ def _data(cfg: TrainConfig, dist, ds, own, global_batch: int, common: dict, aug)
         raise ValueError(f"batch_size={global_batch} is larger than the {len(train_idx)} training samples "
                          f"({n_total} in {cfg.data_dir}, val_split={cfg.val_split}). Lower --batch-size.")
     if not dist.multi_worker:
-        train = make_dataset(ds, train_idx, global_batch, True, augment=aug, seed=cfg.seed, **common)
+        train = make_dataset(ds, train_idx, global_batch, True, augment=aug, seed=cfg.seed, repeat=True, **common)
         val = make_dataset(ds, val_idx, global_batch, False, **common) if len(val_idx) else None
-        return _Data(ds, train_idx, val_idx, val_idx, train, val, "")
+        return _Data(ds, train_idx, val_idx, val_idx, train, val, len(train_idx) // global_batch, "")
 
     per_worker = global_batch // dist.num_workers
     if own:  # each worker trains on its own shards; equal step counts via the smallest worker
@@ -187,7 +188,7 @@ def _data(cfg: TrainConfig, dist, ds, own, global_batch: int, common: dict, aug)
     def train_fn(ctx):
         return make_dataset(ds, my_train, ctx.get_per_replica_batch_size(global_batch), True, augment=aug,
                             seed=cfg.seed, limit=limit, num_shards=shards, shard_index=ctx.input_pipeline_id,
-                            auto_shard=False, **common)
+                            auto_shard=False, repeat=True, **common)
 
     def val_fn(ctx):
         return make_dataset(ds, my_val, ctx.get_per_replica_batch_size(global_batch), False, limit=n_val,
@@ -198,7 +199,7 @@ def _data(cfg: TrainConfig, dist, ds, own, global_batch: int, common: dict, aug)
         val = dist.strategy.distribute_datasets_from_function(val_fn) if n_val else None
     else:
         val = make_dataset(ds, val_idx, global_batch, False, **common) if len(val_idx) else None
-    return _Data(ds, train_idx, val_idx, my_val[:n_val], train, val, note)
+    return _Data(ds, train_idx, val_idx, my_val[:n_val], train, val, steps, note)
 
 
 def _val_stems(cfg: TrainConfig, data: _Data) -> list[str]:
@@ -267,7 +268,7 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
 
     monitor = "val_loss" if data.val is not None else "loss"
     sample_images = np.asarray(data.ds.x[np.sort(data.my_val[:6])], np.float32) if len(data.my_val) else None
-    steps = cfg.steps_per_epoch or None
+    steps = cfg.steps_per_epoch or data.steps
 
     _log(f"run folder {run_dir}; {len(train_idx)} train / {len(val_idx)} val images, K={k}, "
          f"{img_size}px input, {heat_size}px heatmaps (sigma {sigma:g}); precision {policy} ({why}); {note}")

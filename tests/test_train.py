@@ -133,6 +133,19 @@ def test_input_pipeline_batches_and_targets(data_dir):
     np.testing.assert_allclose(next(iter(stored))[1]["heatmaps"].numpy(), y["heatmaps"].numpy(), atol=2e-3)
 
 
+def test_repeated_training_stream_reshuffles_whole_passes(data_dir):
+    ds = load_dataset(data_dir)
+    idx = np.arange(24)  # 3 batches of 8 per pass
+    data = make_dataset(ds, idx, 8, True, sigma=1.5, heat_size=16, augment=None, seed=0, repeat=True)
+    assert int(data.cardinality()) == -1  # tf.data.INFINITE_CARDINALITY: fit keeps one iterator
+    it = iter(data)
+    key = {tuple(np.round(ds.coords[i], 5)): i for i in idx}
+    passes = [[key[tuple(np.round(c, 5))] for _ in range(3) for c in next(it)[1]["coords"].numpy()] for _ in range(3)]
+    for order in passes:
+        assert sorted(order) == list(range(24))  # every sample exactly once per pass, no batch across passes
+    assert passes[0] != passes[1] != passes[2]  # reshuffled each pass
+
+
 @pytest.mark.slow
 def test_fine_tune_phase_continues_epoch_count(data_dir, tmp_path):
     train_vis.main(_args(data_dir, tmp_path, "ft", "--epochs", "1", "--fine-tune", "--fine-tune-epochs", "1",
