@@ -66,8 +66,10 @@ def _todo(out: Path, count: int, settings: dict, resume: bool) -> list:
     """Indices still to render; with ``resume``, checks that DATA_ROOT was made with ``settings``."""
     if not resume:
         return list(range(count))
-    manifest = out / MANIFEST_FILE
-    if any((out / IMAGES_DIR).glob("*.png")):
+    stems = [stem_for(i) for i in range(count)]
+    pngs = {p.stem for p in (out / IMAGES_DIR).glob("*.png")}
+    if pngs:
+        manifest = out / MANIFEST_FILE
         try:
             old = json.loads(manifest.read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -77,13 +79,13 @@ def _todo(out: Path, count: int, settings: dict, resume: bool) -> list:
         if diff:
             raise ValueError(f"{manifest}: cannot resume, the dataset was made with other {', '.join(diff)}; "
                              f"pass the same settings, or generate into another directory")
-        beyond = [p.name for p in (out / IMAGES_DIR).glob("img_*.png")
-                  if p.stem[4:].isdigit() and int(p.stem[4:]) >= count]
+        beyond = sorted(pngs - set(stems))
         if beyond:
-            raise ValueError(f"{out / IMAGES_DIR}: holds {len(beyond)} images beyond --count {count} "
-                             f"(e.g. {sorted(beyond)[0]}); pass --count >= {count + len(beyond)} or use another directory")
-    return [i for i in range(count) if not ((out / IMAGES_DIR / f"{stem_for(i)}.png").is_file()
-                                            and (out / JSON_DIR / f"{stem_for(i)}.json").is_file())]
+            raise ValueError(f"{out / IMAGES_DIR}: holds {len(beyond)} images that a run of --count {count} does not "
+                             f"write (e.g. {beyond[0]}.png); pass the count they were made with, or use another "
+                             f"directory")
+    done = pngs & {p.stem for p in (out / JSON_DIR).glob("*.json")}
+    return [i for i, stem in enumerate(stems) if stem not in done]
 
 
 def _render_one(index: int) -> int:
