@@ -128,7 +128,8 @@ class TrainConfig:
 # 4,000 renders (the earlier accuracy recipe) the gap closes (held-out PCK@2px 78.3 % against
 # 77.2 %): it learns faster, it does not end far better. Dropping the coords L1 term (50.0 %) or the
 # geometric augmentation (51.6 %) changed little over the 12 epochs. A peak learning rate of 1e-3
-# ended slightly worse than 2e-3 over the 45 epochs (held-out PCK@2px 76.7 % against 78.3 %; 82.4 % against 84.2 % with TTA).
+# ended slightly worse than 2e-3 over the 45 epochs (held-out PCK@2px 76.7 % against 78.3 %; 82.4 %
+# against 84.2 % with TTA).
 # Targets at sigma 1.5 heatmap px instead of the preprocessing's 2.0: after 12 epochs held-out PCK@2px
 # 65.5 % against 60.0 % (median 1.32 against 1.59 px); sigma 1.0 reached 68.5 % but put more keypoints
 # on the wrong vertex (19.8 % beyond 5 px against 15.7 %). Wider layers did not help at 12 epochs
