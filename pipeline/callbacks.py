@@ -1,4 +1,5 @@
-"""Training callbacks: best-model checkpoint with sidecar, TensorBoard heatmap grids, throughput."""
+"""Training callbacks: best-model checkpoint with sidecar, TensorBoard heatmap grids, throughput,
+elapsed time, the learning-rate schedule and the time budget."""
 
 from __future__ import annotations
 
@@ -132,23 +133,28 @@ class StopAfterEpoch(keras.callbacks.Callback):
             raise SimulatedInterruption(f"StopAfterEpoch: interrupted after epoch {epoch}")
 
 
+def elapsed_before(history_csv) -> float:
+    """Seconds of training an earlier, interrupted invocation spent: the last ``elapsed_s`` of
+    ``history_csv`` (0 when there is none; the interrupted partial epoch is not counted)."""
+    if history_csv is None or not Path(history_csv).is_file():
+        return 0.0
+    import csv
+
+    with open(history_csv) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("elapsed_s")]
+    return float(rows[-1]["elapsed_s"]) if rows else 0.0
+
+
 class ElapsedTime(keras.callbacks.Callback):
     """Adds ``elapsed_s`` (wall-clock seconds of training so far) to each epoch's logs.
 
     Place it before CSVLogger so the column is written. On a resumed run the count continues
-    from the last ``elapsed_s`` in ``history_csv`` (the interrupted partial epoch is not counted).
+    from the last ``elapsed_s`` in ``history_csv``.
     """
 
     def __init__(self, history_csv=None):
         super().__init__()
-        self.base = 0.0
-        if history_csv is not None and Path(history_csv).is_file():
-            import csv
-
-            with open(history_csv) as f:
-                rows = [r for r in csv.DictReader(f) if r.get("elapsed_s")]
-            if rows:
-                self.base = float(rows[-1]["elapsed_s"])
+        self.base = elapsed_before(history_csv)
         self._t0 = None
 
     def on_train_begin(self, logs=None):
@@ -159,12 +165,56 @@ class ElapsedTime(keras.callbacks.Callback):
             logs["elapsed_s"] = self.base + time.perf_counter() - self._t0
 
 
-def cosine_lr(progress: float, base_lr: float, warmup: float, total: float, floor: float = 0.0) -> float:
-    """Learning rate at ``progress`` epochs into a phase: linear warm-up, then cosine decay to ``floor``."""
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training once ``seconds`` of wall-clock training have passed, counting the time of an
+    interrupted earlier invocation (from ``history_csv``) too.
+
+    It stops after the step that crosses the budget, mid-epoch if need be; Keras still validates
+    and logs that last, shorter epoch. :meth:`fraction` tells a learning-rate schedule how far
+    along the budget is, so that the decay ends when the time does, on a fast machine or a slow one.
+    ``clock`` (seconds, monotonic) is injectable for tests.
+    """
+
+    def __init__(self, seconds: float, history_csv=None, clock=time.perf_counter, log=print):
+        super().__init__()
+        if seconds <= 0:
+            raise ValueError(f"The time budget must be positive. Received: {seconds} s")
+        self.seconds, self.base, self.clock, self.log = float(seconds), elapsed_before(history_csv), clock, log
+        self._t0 = None
+        self.stopped_at: tuple[int, int] | None = None  # (epoch, batch) of the stop
+        self._epoch = 0
+
+    def elapsed(self) -> float:
+        return self.base + (self.clock() - self._t0 if self._t0 is not None else 0.0)
+
+    def fraction(self) -> float:
+        return min(self.elapsed() / self.seconds, 1.0)
+
+    def on_train_begin(self, logs=None):
+        self._t0 = self.clock()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.stopped_at is None and self.elapsed() >= self.seconds:
+            self.stopped_at = (self._epoch, batch)
+            self.model.stop_training = True
+            self.log(f"time budget of {self.seconds / 60:g} min reached at epoch {self._epoch + 1}, "
+                     f"step {batch + 1}: stopping after this epoch's validation")
+
+
+def cosine_lr(progress: float, base_lr: float, warmup: float, total: float, floor: float = 0.0,
+              at_least: float = 0.0) -> float:
+    """Learning rate at ``progress`` epochs into a phase: linear warm-up, then cosine decay to ``floor``.
+
+    ``at_least`` (0..1) is a lower bound on the decay's position, e.g. the spent fraction of a time
+    budget: the decay then ends at whichever runs out first, the epochs or the time.
+    """
     if warmup > 0 and progress < warmup:
         return base_lr * max(progress, 0.0) / warmup
     span = max(total - warmup, 1e-9)
-    t = min(max((progress - warmup) / span, 0.0), 1.0)
+    t = min(max((progress - warmup) / span, at_least, 0.0), 1.0)
     return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
@@ -173,19 +223,21 @@ class CosineSchedule(keras.callbacks.Callback):
 
     A callback rather than a ``LearningRateSchedule`` object: it is driven by the epoch index Keras
     hands it, so a run resumed by ``BackupAndRestore`` lands at the same point of the curve, and a
-    phase that starts at ``initial_epoch`` decays over its own epochs only. ``learning_rate`` is
-    added to the epoch logs (CSV, TensorBoard).
+    phase that starts at ``initial_epoch`` decays over its own epochs only. With a ``budget``
+    (:class:`TimeBudget`) the decay follows the spent time when that runs ahead of the epochs.
+    ``learning_rate`` is added to the epoch logs (CSV, TensorBoard).
     """
 
     def __init__(self, base_lr: float, epochs: int, warmup_epochs: float = 1.0, start_epoch: int = 0,
-                 floor: float = 0.0):
+                 floor: float = 0.0, budget: TimeBudget | None = None):
         super().__init__()
         self.base_lr, self.epochs, self.warmup = float(base_lr), int(epochs), float(warmup_epochs)
-        self.start, self.floor = int(start_epoch), float(floor)
+        self.start, self.floor, self.budget = int(start_epoch), float(floor), budget
         self._epoch = 0
 
     def _set(self, progress: float) -> None:
-        lr = cosine_lr(progress, self.base_lr, self.warmup, self.epochs, self.floor)
+        spent = self.budget.fraction() if self.budget is not None else 0.0
+        lr = cosine_lr(progress, self.base_lr, self.warmup, self.epochs, self.floor, at_least=spent)
         self.model.optimizer.learning_rate.assign(lr)
 
     def on_epoch_begin(self, epoch, logs=None):

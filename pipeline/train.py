@@ -22,7 +22,8 @@ import numpy as np
 
 from pipeline import model_io
 from pipeline.arrays import load_dataset, write_json
-from pipeline.callbacks import BestModelCheckpoint, CosineSchedule, ElapsedTime, HeatmapImages, Throughput
+from pipeline.callbacks import (BestModelCheckpoint, CosineSchedule, ElapsedTime, HeatmapImages, Throughput,
+                                TimeBudget)
 from pipeline.distribute import (global_batch_size, prepare_multiworker_fit, resolve_strategy, scratch_dir,
                                  sync_batchnorm, worker_shards)
 from pipeline.input_data import check_dataset, make_dataset, split_indices
@@ -95,11 +96,11 @@ def heatmap_targets(cfg: TrainConfig, mcfg: ModelConfig, pre: dict) -> tuple[int
     return side, cfg.heatmap_sigma or pre_sigma * side / pre_side
 
 
-def _lr_callback(cfg, phase: int, monitor: str, chief: bool):
+def _lr_callback(cfg, phase: int, monitor: str, chief: bool, budget: TimeBudget | None = None):
     """The phase's learning-rate control: ReduceLROnPlateau, or the per-step cosine schedule."""
     if cfg.lr_schedule == "cosine":
         if phase == 1:
-            return CosineSchedule(cfg.learning_rate, cfg.epochs, cfg.warmup_epochs)
+            return CosineSchedule(cfg.learning_rate, cfg.epochs, cfg.warmup_epochs, budget=budget)
         return CosineSchedule(cfg.fine_tune_lr, cfg.fine_tune_epochs, 0.0, start_epoch=cfg.epochs)
     return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_factor, patience=cfg.lr_patience,
                                              verbose=1 if chief else 0)
@@ -111,10 +112,14 @@ def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_
     ``out_dir`` is a private scratch folder)."""
     chief = dist.is_chief
     cbs = [ElapsedTime(out_dir / "history.csv")] if chief else []
+    budget = None
+    if phase == 1 and cfg.time_budget > 0:
+        budget = TimeBudget(60.0 * cfg.time_budget, out_dir / "history.csv", log=_log)
+        cbs.append(budget)
     cbs += [
         keras.callbacks.BackupAndRestore(str(out_dir / "backup" / f"phase{phase}"), delete_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
-        _lr_callback(cfg, phase, monitor, chief),
+        _lr_callback(cfg, phase, monitor, chief, budget),
         BestModelCheckpoint(out_dir / "best_model.keras", meta, monitor=monitor),
     ]
     if chief:
@@ -220,6 +225,9 @@ def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
 
         tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
     dist = resolve_strategy(cfg.strategy, cfg.cluster)  # before anything initialises TF devices
+    if cfg.time_budget > 0 and dist.multi_worker:
+        raise ValueError("--time-budget needs a single-process run: each worker would read its own clock and "
+                         "they could stop at different steps, leaving the others waiting. Use --epochs instead.")
     with scratch_dir(dist, cfg.run_name) as scratch:
         return _train(cfg, dist, scratch, extra_callbacks, t_start)
 
@@ -306,6 +314,9 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
             _log(f"phase 1: backbone frozen (BatchNorm in inference mode), lr {cfg.learning_rate}")
         else:
             _log(f"phase 1: backbone NOT pretrained, so it is trained too (no freezing), lr {cfg.learning_rate}")
+        if cfg.time_budget > 0:
+            _log(f"time budget {cfg.time_budget:g} min: phase 1 stops then, or after {cfg.epochs} epochs"
+                 + ("; the cosine decay follows whichever runs out first" if cfg.lr_schedule == "cosine" else ""))
         compile_(cfg.learning_rate)
         history.update(fit(1, epochs=cfg.epochs).history)
         if cfg.fine_tune:

@@ -46,6 +46,11 @@ class TrainConfig:
     fine_tune: bool = _f(False, "Run phase 2: unfreeze the backbone and continue at FINE_TUNE_LR.")
     fine_tune_epochs: int = _f(10, "Epochs of phase 2 (counted after EPOCHS).")
     fine_tune_lr: float = _f(2e-6, "Adam learning rate of phase 2.")
+    time_budget: float = _f(0.0, "Minutes of phase-1 training (0: no limit). Training stops once they have passed, "
+                            "mid-epoch if need be (that epoch is still validated and logged), and --lr-schedule "
+                            "cosine decays over the time, or over EPOCHS should they run out first; set EPOCHS "
+                            "high to let the time decide. Counts the time of an interrupted run that is resumed. "
+                            "Single-process runs only.")
     steps_per_epoch: int = _f(0, "Limit training steps per epoch (0: one pass over the training set).")
     val_split: float = _f(0.15, "Fraction of samples held out for validation.")
     seed: int = _f(1, "Seed of the split, shuffling and initialisation.")
@@ -94,6 +99,8 @@ class TrainConfig:
         for name in ("batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive. Received: {name}={getattr(self, name)}")
+        if self.time_budget < 0:
+            raise ValueError(f"time_budget must be >= 0 minutes (0: no limit). Received: {self.time_budget}")
         if self.heatmap_sigma < 0:
             raise ValueError(f"heatmap_sigma must be >= 0 (0: the preprocessing sigma). Received: {self.heatmap_sigma}")
         if not 0.0 <= self.val_split < 1.0:

@@ -3,6 +3,7 @@
 import csv
 import json
 
+import keras
 import numpy as np
 import pytest
 
@@ -180,3 +181,47 @@ def test_geometric_augmentation_moves_targets_with_the_images(data_dir):
     assert np.allclose(peaks[~vis], 0.0) and np.allclose(peaks[vis], 1.0, atol=0.25)
     with pytest.raises(ValueError, match="heatmap-source render"):
         make_dataset(ds, idx, 8, True, sigma=1.5, heat_size=16, augment=aug, stored_heatmaps=True)
+
+
+class _FakeClock(keras.callbacks.Callback):
+    """A clock that advances one second per training step (placed before the callbacks that read it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.now += 1.0
+
+
+def test_time_budget_stops_mid_epoch_and_ends_the_cosine_decay():
+    from pipeline.callbacks import CosineSchedule, TimeBudget
+
+    clock = _FakeClock()
+    budget = TimeBudget(5.5, clock=clock, log=lambda msg: None)
+    schedule = CosineSchedule(1e-2, epochs=100, warmup_epochs=0.0, budget=budget)
+    lrs = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda b, logs: lrs.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))))
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
+    x, y = np.ones((16, 3), np.float32), np.ones((16, 1), np.float32)
+    history = model.fit(x, y, batch_size=4, epochs=100, verbose=0, callbacks=[clock, budget, schedule, record])
+    # steps 1-4 end at 1-4 s, epoch 2's second step at 6 s >= 5.5 s: stop there, after validating epoch 2
+    assert budget.stopped_at == (1, 1) and len(history.history["loss"]) == 2 and len(lrs) == 6
+    # each step's rate follows the spent fraction of the budget (0, 1/5.5, ...), not the 100 epochs
+    expected = [1e-2 * 0.5 * (1 + np.cos(np.pi * t / 5.5)) for t in range(6)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-5)
+
+
+def test_time_budget_run_saves_a_model_and_refuses_bad_values(data_dir, tmp_path):
+    summary = train_vis.main(_args(data_dir, tmp_path, "budget", "--epochs", "5", "--time-budget", "1e-4",
+                                   "--image-every", "0"))
+    run = tmp_path / "logs" / "budget"
+    assert _csv_epochs(run / "history.csv") == [0]  # 6 ms: spent by the first step
+    assert (tmp_path / "model.keras").is_file() and summary["final_logs"]["loss"] > 0
+    with pytest.raises(ValueError, match="time_budget must be >= 0"):
+        parse_train_config(_args(data_dir, tmp_path, "bad", "--time-budget", "-1"))
