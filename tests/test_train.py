@@ -225,3 +225,20 @@ def test_time_budget_run_saves_a_model_and_refuses_bad_values(data_dir, tmp_path
     assert (tmp_path / "model.keras").is_file() and summary["final_logs"]["loss"] > 0
     with pytest.raises(ValueError, match="time_budget must be >= 0"):
         parse_train_config(_args(data_dir, tmp_path, "bad", "--time-budget", "-1"))
+
+
+def test_time_budget_counts_the_time_of_the_interrupted_run(tmp_path):
+    from pipeline.callbacks import TimeBudget
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,elapsed_s,loss\n0,40.0,1.0\n1,100.0,0.9\n")
+    clock = _FakeClock()
+    budget = TimeBudget(120.0, history, clock=clock)
+    budget.on_train_begin()
+    assert budget.fraction() == pytest.approx(100 / 120)
+    clock.now = 10.0
+    assert budget.elapsed() == pytest.approx(110.0) and budget.fraction() == pytest.approx(110 / 120)
+    clock.now = 30.0
+    assert budget.fraction() == 1.0
+    with pytest.raises(ValueError, match="positive"):
+        TimeBudget(0.0)
