@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from pipeline.augment import AugmentConfig
 from pipeline.config import add_dataclass_args, from_args, load_config_file
 from pipeline.distribute import BATCH_MODES, CLUSTERS, STRATEGIES
 from pipeline.model import BACKBONES, ModelConfig
@@ -114,7 +113,11 @@ class TrainConfig:
         return ModelConfig(input_size=input_size, num_keypoints=num_keypoints, backbone=self.backbone,
                            backbone_width=self.backbone_width, decoder_widths=self.decoder_widths, beta=self.beta)
 
-    def augment_config(self) -> AugmentConfig:
+    def augment_config(self):
+        """The augmentation settings as a ``pipeline.augment.AugmentConfig`` (imported here: it needs
+        TensorFlow, and the presets and config are read without it, e.g. on the JAX backend)."""
+        from pipeline.augment import AugmentConfig
+
         return AugmentConfig(blur_prob=self.blur_prob, darken_prob=self.darken_prob, darken_min=self.darken_min,
                              contrast_prob=self.contrast_prob, noise_prob=self.noise_prob,
                              affine_prob=self.affine_prob, rotate_max_deg=self.rotate_max_deg,
