@@ -35,9 +35,7 @@ import platform
 import time
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 VAL_SPLIT = 0.15
 SEED = 1
@@ -291,7 +289,7 @@ def train_recipe(name: str, train: dict, test: dict, *, epochs: int, policy: str
         lr_arg = lr
     model = new_model(policy, size, k, lr_arg, alpha, gamma)
     gen = Batches(train, train_rows, batch, heat, sigma, turns, SEED, workers=workers, max_queue_size=16)
-    val_gen = Batches(val, np.arange(n_val), batch, heat, sigma, False, SEED)
+    val_gen = Batches(val, np.arange(n_val), min(batch, n_val), heat, sigma, False, SEED)
     start = time.perf_counter()
     curve = {key: (v[:val_curve] if key != "config" else v) for key, v in val.items()}
     cbs = [_val_pck_clock(curve, start), _epoch_clock(), _deadline(clock, reserve_s)]
@@ -426,4 +424,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras is imported inside the functions, after this
     main()

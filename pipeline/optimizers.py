@@ -19,10 +19,11 @@ class FusedAdam(keras.optimizers.Adam):
     """``keras.optimizers.Adam`` with a one-kernel update on the TensorFlow backend."""
 
     def update_step(self, gradient, variable, learning_rate):
+        if keras.backend.backend() != "tensorflow":
+            return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
 
-        if (keras.backend.backend() != "tensorflow" or self.amsgrad or isinstance(gradient, tf.IndexedSlices)
-                or variable.dtype != "float32"):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices) or variable.dtype != "float32":
             return super().update_step(gradient, variable, learning_rate)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
