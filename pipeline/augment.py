@@ -30,6 +30,7 @@ class AugmentConfig:
     rotate_max_deg: float = 180.0  # in-plane rotation drawn in [-max, max]
     scale_range: float = 0.2  # zoom factor drawn log-uniformly in [1/(1 + r), 1 + r]
     shift_max: float = 0.1  # shift drawn in [-max, max] of the image side, per axis
+    turn_prob: float = 0.0  # probability of 1, 2 or 3 exact quarter turns (drawn uniformly)
 
 
 def _drawn(prob, batch):
@@ -162,3 +163,40 @@ def random_affine(images, coords, visible, cfg: AugmentConfig):
     at = idx[:, None]
     return (tf.tensor_scatter_nd_update(images, at, w_img), tf.tensor_scatter_nd_update(coords, at, w_xy),
             tf.tensor_scatter_nd_update(visible, at, w_vis))
+
+
+def quarter_turns(images, coords, k):
+    """Turn each image ``k`` quarter turns (per image, 0..3) the way ``np.rot90(image, k)`` does.
+
+    images (B, S, S, C); coords (B, K, 2) normalised, -1 where not visible; k (B,) int32. Exact pixel
+    permutations, no resampling; the coordinates follow :meth:`pipeline.geometry.Geometry.rot90`
+    (``x, y -> y, 1 - x`` per turn) and keypoints stay visible (a turn keeps the square crop).
+    """
+    turned = [images]
+    for _ in range(3):
+        turned.append(tf.reverse(tf.transpose(turned[-1], [0, 2, 1, 3]), axis=[1]))
+    sel = k[:, None, None, None]
+    out = images
+    for i in (1, 2, 3):
+        out = tf.where(tf.equal(sel, i), turned[i], out)
+    x, y = coords[..., 0], coords[..., 1]
+    xs, ys = [x], [y]
+    for _ in range(3):
+        xs.append(ys[-1])
+        ys.append(1.0 - xs[-2])
+    kk = k[:, None]
+    nx = tf.zeros_like(x)
+    ny = tf.zeros_like(y)
+    for i in range(4):
+        on = tf.equal(kk, i)
+        nx = tf.where(on, xs[i], nx)
+        ny = tf.where(on, ys[i], ny)
+    moved = tf.stack([nx, ny], axis=-1)
+    return out, tf.where(coords >= 0.0, moved, -1.0)
+
+
+def random_quarter_turns(images, coords, prob: float):
+    """:func:`quarter_turns` by 1-3 turns for a ``prob`` share of the batch (drawn per image)."""
+    b = tf.shape(images)[0]
+    k = tf.random.uniform([b], 1, 4, dtype=tf.int32) * tf.cast(_drawn(prob, b), tf.int32)
+    return quarter_turns(images, coords, k)

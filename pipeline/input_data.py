@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.arrays import Dataset
-from pipeline.augment import AugmentConfig, augment_batch, random_affine
+from pipeline.augment import AugmentConfig, augment_batch, random_affine, random_quarter_turns
 from pipeline.heatmaps import render_tf
 
 
@@ -79,9 +79,10 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
     if stored_heatmaps and ds.heatmaps is None:
         raise ValueError("--heatmap-source stored, but Y_data.npz holds no heatmaps. Use --heatmap-source render.")
     geometric = training and augment is not None and augment.affine_prob > 0
-    if geometric and stored_heatmaps:
-        raise ValueError("Geometric augmentation (--affine-prob > 0) moves keypoints, so heatmaps must be "
-                         "rendered from them: use --heatmap-source render, or set --affine-prob 0.")
+    turns = training and augment is not None and augment.turn_prob > 0
+    if (geometric or turns) and stored_heatmaps:
+        raise ValueError("Geometric augmentation (--affine-prob or --turn-prob > 0) moves keypoints, so heatmaps "
+                         "must be rendered from them: use --heatmap-source render, or set both to 0.")
     drop = training if drop_remainder is None else drop_remainder
     n_used = min(len(indices), limit or len(indices)) // max(1, num_shards)
     if drop and batch_size > n_used:
@@ -106,6 +107,9 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
         vis = tf.ensure_shape(vis, [None, k])
         if geometric:
             x, xy, vis = random_affine(x, tf.reshape(coords, [-1, k, 2]), vis, augment)
+            coords = tf.reshape(xy, [-1, 2 * k])
+        if turns:
+            x, xy = random_quarter_turns(x, tf.reshape(coords, [-1, k, 2]), augment.turn_prob)
             coords = tf.reshape(xy, [-1, 2 * k])
         if stored_heatmaps:
             hm = tf.ensure_shape(parts[3], [None, heat_size, heat_size, k])

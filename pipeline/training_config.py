@@ -80,6 +80,8 @@ class TrainConfig:
     rotate_max_deg: float = _f(180.0, "Largest rotation of the geometric augmentation (degrees).")
     scale_range: float = _f(0.2, "Zoom of the geometric augmentation: factor in [1/(1+R), 1+R].")
     shift_max: float = _f(0.1, "Largest shift of the geometric augmentation, as a fraction of the image side.")
+    turn_prob: float = _f(0.0, "Probability of turning a training image and its keypoints by 1, 2 or 3 exact "
+                          "quarter turns (no resampling; after --affine-prob's warp).")
     # runtime
     precision: str = _f("auto", "Numeric precision policy.", choices=PRECISIONS)
     jit: bool = _f(False, "XLA jit_compile (slower on CPU: XLA bypasses oneDNN).")
@@ -121,7 +123,7 @@ class TrainConfig:
         return AugmentConfig(blur_prob=self.blur_prob, darken_prob=self.darken_prob, darken_min=self.darken_min,
                              contrast_prob=self.contrast_prob, noise_prob=self.noise_prob,
                              affine_prob=self.affine_prob, rotate_max_deg=self.rotate_max_deg,
-                             scale_range=self.scale_range, shift_max=self.shift_max)
+                             scale_range=self.scale_range, shift_max=self.shift_max, turn_prob=self.turn_prob)
 
 
 # ``paper`` = seed 001 exactly (ResNet-50 U-Net, batch 128, ReduceLROnPlateau).

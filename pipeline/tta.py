@@ -20,7 +20,7 @@ TURNS = {"none": (0,), "rot4": (0, 1, 2, 3)}
 
 
 def resolve_tta(mode: str, train: dict | None) -> str:
-    """``auto`` -> ``rot4`` when the training config drew full-circle rotations, else ``none``.
+    """``auto`` -> ``rot4`` when the training config drew full-circle rotations or quarter turns, else ``none``.
 
     ``train``: the ``train`` section of a model sidecar (a TrainConfig dict), or None when unknown.
     """
@@ -30,7 +30,8 @@ def resolve_tta(mode: str, train: dict | None) -> str:
         return mode
     t = train or {}
     full_circle = float(t.get("affine_prob", 0.0)) > 0.0 and float(t.get("rotate_max_deg", 0.0)) >= 180.0
-    return "rot4" if full_circle and t.get("augment", True) else "none"
+    turned = float(t.get("turn_prob", 0.0)) > 0.0
+    return "rot4" if (full_circle or turned) and t.get("augment", True) else "none"
 
 
 def turned_inputs(x: np.ndarray, mode: str) -> np.ndarray:

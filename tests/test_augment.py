@@ -130,3 +130,37 @@ def test_random_affine_warps_only_the_drawn_images():
     np.testing.assert_allclose(out.numpy()[drawn], ref.numpy()[drawn], atol=1e-5)
     np.testing.assert_allclose(moved.numpy()[drawn], ref_xy.numpy()[drawn], atol=1e-6)
     np.testing.assert_array_equal(new_vis.numpy(), ref_vis.numpy())
+
+
+def test_quarter_turns_match_numpy_rot90_and_geometry():
+    """Per-image turns equal np.rot90 on the image and Geometry.rot90 on its keypoints; -1 stays -1."""
+    from pipeline.augment import quarter_turns
+    from pipeline.geometry import Geometry
+
+    rng = np.random.default_rng(0)
+    b, s, k = 8, 16, 3
+    images = rng.uniform(0, 255, (b, s, s, 3)).astype(np.float32)
+    xy = rng.uniform(0, 1, (b, k, 2))
+    xy[::2, 1] = -1.0  # not visible
+    turns = np.arange(b) % 4
+    out, moved = quarter_turns(tf.constant(images), tf.constant(xy, tf.float32), tf.constant(turns, tf.int32))
+    for i, t in enumerate(turns):
+        np.testing.assert_array_equal(out.numpy()[i], np.rot90(images[i], t, axes=(0, 1)))
+        want = np.where(xy[i] >= 0, Geometry.rot90(xy[i], t), -1.0)
+        np.testing.assert_allclose(moved.numpy()[i], want, atol=1e-6)
+
+
+def test_turn_prob_draws_turns_in_the_training_pipeline(tmp_path):
+    """--turn-prob 1 turns every training image (a bright corner moves) and keeps its targets on it."""
+    from pipeline.augment import random_quarter_turns
+
+    images = np.zeros((64, 8, 8, 1), np.float32)
+    images[:, 0, 0] = 1.0  # pixel (row 0, col 0): keypoint at normalised (1/16, 1/16)
+    xy = np.full((64, 1, 2), 1 / 16, np.float32)
+    out, moved = random_quarter_turns(tf.constant(images), tf.constant(xy), 1.0)
+    out, moved = out.numpy(), moved.numpy()
+    assert not (out[:, 0, 0, 0] == 1.0).any()  # every image turned at least once
+    for img, p in zip(out, moved[:, 0]):
+        r, c = np.argwhere(img[..., 0] == 1.0)[0]
+        np.testing.assert_allclose(p, [(c + 0.5) / 8, (r + 0.5) / 8], atol=1e-6)
+    assert len({tuple(p) for p in moved[:, 0].round(4)}) == 3  # the three other corners all drawn

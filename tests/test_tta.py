@@ -84,3 +84,11 @@ def test_predict_files_rot4_gives_the_equivariant_answer(tmp_path):
     np.testing.assert_allclose(turned.xy, plain.xy, atol=1e-6)
     peak = predict_files(_SpotFinder(), files, g, batch_size=2, progress=False, tta="rot4")
     np.testing.assert_allclose(peak.xy[:, 0], want, atol=2e-3)
+
+
+def test_auto_tta_follows_quarter_turn_training():
+    from pipeline.tta import resolve_tta
+
+    assert resolve_tta("auto", {"turn_prob": 0.75, "affine_prob": 0.0}) == "rot4"
+    assert resolve_tta("auto", {"turn_prob": 0.75, "augment": False}) == "none"
+    assert resolve_tta("auto", {"turn_prob": 0.0, "affine_prob": 0.0}) == "none"
