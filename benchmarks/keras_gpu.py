@@ -66,6 +66,8 @@ def load_arrays(folder: str, limit: int = 0) -> dict:
             x = np.load(io.BytesIO(f.read()))
     else:
         raise FileNotFoundError(f"{d}: no X_data.npy (or X_data.npy.xz). Run preprocess_vis.py --out-dir {d}.")
+    if not (d / "Y_data.npz").is_file():
+        raise FileNotFoundError(f"{d}: no Y_data.npz beside the images. Run preprocess_vis.py --out-dir {d}.")
     y = np.load(d / "Y_data.npz")
     n = len(x) if not limit else min(limit, len(x))
     cfg = json.loads(str(y["config"]))
@@ -82,13 +84,13 @@ class Batches:
         import keras
 
         class _Set(keras.utils.PyDataset):
-            def __len__(inner):
+            def __len__(_):
                 return len(self.rows) // batch
 
-            def __getitem__(inner, i):
+            def __getitem__(_, i):
                 return self.batch(i)
 
-            def on_epoch_end(inner):
+            def on_epoch_end(_):
                 self.epoch += 1
                 self.rng.shuffle(self.rows)
 
@@ -116,24 +118,21 @@ class Batches:
 
 
 # -- model ---------------------------------------------------------------------------------------
-ARCHITECTURE = {"preset": "paper"}
-
-
-def model_config(img_size: int, k: int):
-    """The architecture of ``ARCHITECTURE["preset"]`` (a ``train_vis.py`` preset) for these arrays."""
+def model_config(preset: str, img_size: int, k: int):
+    """The architecture of a ``train_vis.py`` preset for these arrays."""
     from pipeline.training_config import PRESETS, TrainConfig
 
-    return TrainConfig(**PRESETS[ARCHITECTURE["preset"]]).model_config(img_size, k)
+    return TrainConfig(**PRESETS[preset]).model_config(img_size, k)
 
 
-def new_model(policy: str, img_size: int, k: int, lr, alpha: float = 0.25, gamma: float = 2.0):
+def new_model(preset: str, policy: str, img_size: int, k: int, lr, alpha: float = 0.25, gamma: float = 2.0):
     import keras
 
     from pipeline.losses import PCK, FocalHeatmapLoss, MaskedL1Loss, PixelError
     from pipeline.model import build_model
 
     keras.mixed_precision.set_global_policy(policy)
-    model = build_model(model_config(img_size, k), None)
+    model = build_model(model_config(preset, img_size, k), None)
     model.compile(optimizer=keras.optimizers.Adam(lr),
                   loss={"heatmaps": FocalHeatmapLoss(alpha, gamma), "coords": MaskedL1Loss()},
                   loss_weights={"heatmaps": 1.0, "coords": 5.0},
@@ -168,10 +167,10 @@ def _random_batch(n: int, img_size: int, heat_size: int, k: int, seed: int = 0):
     return x, {"heatmaps": render(xy, vis, heat_size, 2.0), "coords": xy.reshape(n, -1).astype(np.float32)}
 
 
-def train_speed(batch: int, policy: str, *, img_size: int = 128, k: int = 11, images: int = 4096,
+def train_speed(preset: str, batch: int, policy: str, *, img_size: int = 128, k: int = 11, images: int = 4096,
                 repeats: int = 3) -> dict:
     """Median images/s over ``repeats`` epochs after one epoch of compilation and warm-up."""
-    model = new_model(policy, img_size, k, 1e-4)
+    model = new_model(preset, policy, img_size, k, 1e-4)
     steps = max(8, images // batch)
     x, y = _random_batch(steps * batch, img_size, img_size // 2, k)
     clock = _epoch_clock()
@@ -181,9 +180,9 @@ def train_speed(batch: int, policy: str, *, img_size: int = 128, k: int = 11, im
             "first_epoch_s": clock.times[0], "steps_per_epoch": steps}
 
 
-def infer_speed(policy: str, *, img_size: int = 128, k: int = 11, images: int = 2048, latency_calls: int = 200) -> dict:
+def infer_speed(preset: str, policy: str, *, img_size: int = 128, k: int = 11, images: int = 2048, latency_calls: int = 200) -> dict:
     """Images/s of ``model.predict`` at batch 32, and batch-1 latency of ``predict_on_batch`` (ms)."""
-    model = new_model(policy, img_size, k, 1e-4)
+    model = new_model(preset, policy, img_size, k, 1e-4)
     x, _ = _random_batch(images, img_size, img_size // 2, k)
     model.predict(x[:64], batch_size=32, verbose=0)
     runs = []
@@ -267,7 +266,7 @@ def _deadline(clock: Clock, reserve_s: float):
     return Deadline()
 
 
-def train_recipe(name: str, train: dict, test: dict, *, epochs: int, policy: str, lr: float, schedule: str,
+def train_recipe(name: str, preset: str, train: dict, test: dict, *, epochs: int, policy: str, lr: float, schedule: str,
                  alpha: float, gamma: float, sigma: float, turns: bool, batch: int, clock: Clock,
                  reserve_s: float, workers: int = 8, val_curve: int = 256) -> dict:
     """Train one recipe, scoring the first ``val_curve`` validation samples after every epoch."""
@@ -287,7 +286,7 @@ def train_recipe(name: str, train: dict, test: dict, *, epochs: int, policy: str
                                                         warmup_steps=steps)
     else:
         lr_arg = lr
-    model = new_model(policy, size, k, lr_arg, alpha, gamma)
+    model = new_model(preset, policy, size, k, lr_arg, alpha, gamma)
     gen = Batches(train, train_rows, batch, heat, sigma, turns, SEED, workers=workers, max_queue_size=16)
     val_gen = Batches(val, np.arange(n_val), min(batch, n_val), heat, sigma, False, SEED)
     start = time.perf_counter()
@@ -364,7 +363,6 @@ def main(argv=None) -> dict:
     p.add_argument("--reserve-s", type=float, default=40.0, help="Time kept back from the long recipe (s).")
     a = p.parse_args(argv)
     clock = Clock(a.budget_s)
-    ARCHITECTURE["preset"] = a.preset
     out = Path(a.out)
     _compilation_cache()
     res: dict = {"machine": machine(), "preset": a.preset, "args": vars(a), "sections": {}}
@@ -396,18 +394,18 @@ def main(argv=None) -> dict:
     first = (a.recipe_batch, a.precisions[0])
     if "speed" in a.sections:
         guarded(f"train_speed_{tag[first[1]]}_b{first[0]}",
-                lambda: train_speed(first[0], first[1], images=a.speed_images), 30)
+                lambda: train_speed(a.preset, first[0], first[1], images=a.speed_images), 30)
     paper = None if "paper" not in a.sections else guarded("accuracy_paper", lambda: train_recipe(
-        "paper", train, test, epochs=a.paper_epochs, policy=a.precisions[0], lr=5e-4, schedule="plateau",
+        "paper", a.preset, train, test, epochs=a.paper_epochs, policy=a.precisions[0], lr=5e-4, schedule="plateau",
         alpha=0.25, gamma=2.0, sigma=sigma, turns=False, batch=a.recipe_batch, clock=clock, reserve_s=30.0), 60)
     speeds = [(b, prec) for b in a.train_batches for prec in a.precisions if (b, prec) != first]
     speeds.sort(key=lambda bp: (bp[0] != first[0], a.train_batches.index(bp[0]), a.precisions.index(bp[1])))
     if "infer" in a.sections:
-        guarded(f"infer_speed_{tag[first[1]]}", lambda: infer_speed(first[1], images=a.speed_images // 2), 45)
+        guarded(f"infer_speed_{tag[first[1]]}", lambda: infer_speed(a.preset, first[1], images=a.speed_images // 2), 45)
     for b, prec in speeds if "speed" in a.sections else []:
-        guarded(f"train_speed_{tag[prec]}_b{b}", lambda b=b, prec=prec: train_speed(b, prec, images=a.speed_images), 60)
+        guarded(f"train_speed_{tag[prec]}_b{b}", lambda b=b, prec=prec: train_speed(a.preset, b, prec, images=a.speed_images), 60)
     for prec in a.precisions[1:] if "infer" in a.sections else []:
-        guarded(f"infer_speed_{tag[prec]}", lambda prec=prec: infer_speed(prec, images=a.speed_images // 2), 45)
+        guarded(f"infer_speed_{tag[prec]}", lambda prec=prec: infer_speed(a.preset, prec, images=a.speed_images // 2), 45)
     epochs = a.long_epochs
     if not epochs and paper and "epoch_seconds_median" in paper:
         epoch_s = paper["epoch_seconds_median"] * 1.3  # the quarter turns cost a little more; the deadline stops it
@@ -417,7 +415,7 @@ def main(argv=None) -> dict:
             save("accuracy_long", {"skipped": f"time for {epochs} epochs only (--long-epochs sets them)"})
         else:
             guarded("accuracy_long", lambda: train_recipe(
-                "long", train, test, epochs=epochs, policy=a.precisions[0], lr=1e-3, schedule="cosine",
+                "long", a.preset, train, test, epochs=epochs, policy=a.precisions[0], lr=1e-3, schedule="cosine",
                 alpha=0.5, gamma=0.0, sigma=sigma * 0.75, turns=True, batch=a.recipe_batch, clock=clock,
                 reserve_s=a.reserve_s), 0)
     return res
