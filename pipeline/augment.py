@@ -173,25 +173,12 @@ def quarter_turns(images, coords, k):
     (``x, y -> y, 1 - x`` per turn) and keypoints stay visible (a turn keeps the square crop).
     """
     turned = [images]
+    xy = [coords]
     for _ in range(3):
         turned.append(tf.reverse(tf.transpose(turned[-1], [0, 2, 1, 3]), axis=[1]))
-    sel = k[:, None, None, None]
-    out = images
-    for i in (1, 2, 3):
-        out = tf.where(tf.equal(sel, i), turned[i], out)
-    x, y = coords[..., 0], coords[..., 1]
-    xs, ys = [x], [y]
-    for _ in range(3):
-        xs.append(ys[-1])
-        ys.append(1.0 - xs[-2])
-    kk = k[:, None]
-    nx = tf.zeros_like(x)
-    ny = tf.zeros_like(y)
-    for i in range(4):
-        on = tf.equal(kk, i)
-        nx = tf.where(on, xs[i], nx)
-        ny = tf.where(on, ys[i], ny)
-    moved = tf.stack([nx, ny], axis=-1)
+        xy.append(tf.stack([xy[-1][..., 1], 1.0 - xy[-1][..., 0]], axis=-1))
+    out = tf.gather(tf.stack(turned, axis=1), k, batch_dims=1)
+    moved = tf.gather(tf.stack(xy, axis=1), k, batch_dims=1)
     return out, tf.where(coords >= 0.0, moved, -1.0)
 
 

@@ -183,6 +183,27 @@ def test_geometric_augmentation_moves_targets_with_the_images(data_dir):
         make_dataset(ds, idx, 8, True, sigma=1.5, heat_size=16, augment=aug, stored_heatmaps=True)
 
 
+def test_quarter_turns_in_the_pipeline_keep_targets_on_the_turned_images(data_dir):
+    """--turn-prob 1: every batch image is some quarter turn of its source, and its targets are that
+    turn of the source's keypoints (the same visibility, peaks of height 1 where visible)."""
+    from pipeline.augment import AugmentConfig
+    from pipeline.geometry import Geometry
+
+    ds = load_dataset(data_dir)
+    aug = AugmentConfig(blur_prob=0, darken_prob=0, turn_prob=1.0)
+    x, y = next(iter(make_dataset(ds, np.arange(8), 8, True, sigma=1.5, heat_size=16, augment=aug, seed=0)))
+    coords = y["coords"].numpy().reshape(8, -1, 2)
+    src = np.asarray(ds.x[:8], np.float32)
+    src_xy = np.asarray(ds.coords[:8]).reshape(8, -1, 2)
+    for img, xy in zip(x.numpy(), coords):
+        i, t = next((i, t) for i in range(8) for t in (1, 2, 3)
+                    if np.array_equal(img, np.rot90(src[i], t, axes=(0, 1))))
+        want = np.where(src_xy[i] >= 0, Geometry.rot90(src_xy[i], t), -1.0)
+        np.testing.assert_allclose(xy, want, atol=1e-6)
+    with pytest.raises(ValueError, match="heatmap-source render"):
+        make_dataset(ds, np.arange(8), 8, True, sigma=1.5, heat_size=16, augment=aug, stored_heatmaps=True)
+
+
 class _FakeClock(keras.callbacks.Callback):
     """A clock that advances one second per training step (placed before the callbacks that read it)."""
 
