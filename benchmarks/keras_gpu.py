@@ -108,10 +108,12 @@ class Batches:
         idx = np.sort(self.rows[i * self.bs:(i + 1) * self.bs])
         x = self.data["x"][idx]
         xy, vis = self.data["xy"][idx], self.data["visible"][idx]
-        if self.turns:
+        if self.turns:  # one array operation per turn, not per image
             k = np.random.default_rng((self.seed, self.epoch, i)).integers(0, 4, len(idx))
-            x = np.stack([np.rot90(img, t, axes=(0, 1)) for img, t in zip(x, k)])
-            xy = np.stack([Geometry.rot90(p, t) for p, t in zip(xy, k)])
+            for t in (1, 2, 3):
+                on = k == t
+                x[on] = np.rot90(x[on], t, axes=(1, 2))
+                xy[on] = Geometry.rot90(xy[on], t)
         heat = render(xy, vis, self.heat_size, self.sigma)
         coords = np.where(vis[..., None], xy, -1.0).reshape(len(idx), -1).astype(np.float32)
         return x, {"heatmaps": heat, "coords": coords}
@@ -296,13 +298,13 @@ def train_recipe(name: str, preset: str, train: dict, test: dict, *, epochs: int
         cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.8, patience=10, verbose=0))
     model.fit(gen.dataset, validation_data=val_gen.dataset, epochs=epochs, verbose=0, callbacks=cbs)
     train_s = time.perf_counter() - start
-    hist, clock = cbs[0].rows, cbs[1]
+    hist, epoch_clock = cbs[0].rows, cbs[1]
     reached = next((r["seconds"] for r in hist if r["val_peak_pck_2px"] >= 95.0), None)
     out = {"recipe": name, "epochs": epochs, "batch": batch, "precision": policy, "learning_rate": lr,
            "lr_schedule": schedule, "focal_alpha": alpha, "focal_gamma": gamma, "heatmap_sigma": sigma,
            "quarter_turn_augmentation": turns, "train_samples": len(train_rows), "val_samples": n_val,
-           "train_seconds": train_s, "epoch_seconds_median": float(np.median(clock.times[1:] or clock.times)),
-           "train_images_per_s": float(len(train_rows) / np.median(clock.times[1:] or clock.times)),
+           "train_seconds": train_s, "epoch_seconds_median": float(np.median(epoch_clock.times[1:] or epoch_clock.times)),
+           "train_images_per_s": float(steps * batch / np.median(epoch_clock.times[1:] or epoch_clock.times)),
            "epochs_run": len(hist), "stopped_at_deadline": cbs[2].stopped_early,
            "val_curve_samples": len(curve["x"]),
            "seconds_to_val_pck2_95": reached, "history": hist, "test": {"none": score(model, test)}}
