@@ -172,14 +172,19 @@ class TimeBudget(keras.callbacks.Callback):
     It stops after the step that crosses the budget, mid-epoch if need be; Keras still validates
     and logs that last, shorter epoch. :meth:`fraction` tells a learning-rate schedule how far
     along the budget is, so that the decay ends when the time does, on a fast machine or a slow one.
-    ``clock`` (seconds, monotonic) is injectable for tests.
+    ``stop_at`` (0..1] stops at that fraction of the budget instead, while :meth:`fraction` still
+    counts against the whole: a first stage of a budget then ends its share of a schedule that the
+    next stage continues. ``clock`` (seconds, monotonic) is injectable for tests.
     """
 
-    def __init__(self, seconds: float, history_csv=None, clock=time.perf_counter, log=print):
+    def __init__(self, seconds: float, history_csv=None, clock=time.perf_counter, log=print, stop_at: float = 1.0):
         super().__init__()
         if seconds <= 0:
             raise ValueError(f"The time budget must be positive. Received: {seconds} s")
+        if not 0.0 < stop_at <= 1.0:
+            raise ValueError(f"stop_at must be in (0, 1]. Received: {stop_at}")
         self.seconds, self.base, self.clock, self.log = float(seconds), elapsed_before(history_csv), clock, log
+        self.stop_at = float(stop_at)
         self._t0 = None
         self.stopped_at: tuple[int, int] | None = None  # (epoch, batch) of the stop
         self._epoch = 0
@@ -197,10 +202,11 @@ class TimeBudget(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.stopped_at is None and self.elapsed() >= self.seconds:
+        if self.stopped_at is None and self.elapsed() >= self.seconds * self.stop_at:
             self.stopped_at = (self._epoch, batch)
             self.model.stop_training = True
-            self.log(f"time budget of {self.seconds / 60:g} min reached at epoch {self._epoch + 1}, "
+            what = "time budget" if self.stop_at == 1.0 else f"{self.stop_at:.0%} of the time budget"
+            self.log(f"{what} of {self.seconds / 60:g} min reached at epoch {self._epoch + 1}, "
                      f"step {batch + 1}: stopping after this epoch's validation")
 
 

@@ -60,7 +60,8 @@ def check_dataset(ds: Dataset, sample: int = 256) -> None:
 def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bool, *, sigma: float,
                  heat_size: int, augment: AugmentConfig | None = None, stored_heatmaps: bool = False,
                  seed: int = 0, drop_remainder: bool | None = None, num_shards: int = 1, shard_index: int = 0,
-                 limit: int | None = None, auto_shard: bool = True, repeat: bool = False) -> tf.data.Dataset:
+                 limit: int | None = None, auto_shard: bool = True, repeat: bool = False,
+                 downsample: int = 1) -> tf.data.Dataset:
     """Batched tf.data pipeline over ``indices`` of ``ds``.
 
     Training batches are reshuffled every epoch (seeded) and augmented; validation batches are in
@@ -72,6 +73,9 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
     that ``fit`` with ``steps_per_epoch`` keeps one iterator for the whole run: Keras otherwise
     discards the iterator at every epoch end, and on 2 cores that teardown stalled some epoch
     boundaries for 30-40 s with the CPU idle (4 of 18 in one run: 2.8 of its 32.8 min).
+    ``downsample`` f > 1 average-pools the images by f x f blocks before any augmentation (the
+    low-resolution stage of training): each pooled pixel covers exactly f x f pixels, so normalised
+    corner-origin coordinates stay exact. ``heat_size`` is then the side of the pooled model's maps.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
@@ -83,6 +87,10 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
     if (geometric or turns) and stored_heatmaps:
         raise ValueError("Geometric augmentation (--affine-prob or --turn-prob > 0) moves keypoints, so heatmaps "
                          "must be rendered from them: use --heatmap-source render, or set both to 0.")
+    if downsample < 1 or ds.x.shape[1] % downsample:
+        raise ValueError(f"downsample={downsample} must be a positive divisor of the {ds.x.shape[1]} px image side.")
+    if downsample > 1 and stored_heatmaps:
+        raise ValueError("Low-resolution training draws its heatmaps at the pooled size: use --heatmap-source render.")
     drop = training if drop_remainder is None else drop_remainder
     n_used = min(len(indices), limit or len(indices)) // max(1, num_shards)
     if drop and batch_size > n_used:
@@ -103,6 +111,8 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
         parts = tf.numpy_function(gather, [idx], types, stateful=False)
         x, coords, vis = parts[0], parts[1], parts[2]
         x = tf.ensure_shape(tf.cast(x, tf.float32), [None, s, s, 3])
+        if downsample > 1:
+            x = tf.nn.avg_pool2d(x, downsample, downsample, "VALID")
         coords = tf.ensure_shape(coords, [None, 2 * k])
         vis = tf.ensure_shape(vis, [None, k])
         if geometric:

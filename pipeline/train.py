@@ -13,6 +13,7 @@ folder and the model, and under multi-worker training each worker reads only its
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -106,28 +107,34 @@ def _lr_callback(cfg, phase: int, monitor: str, chief: bool, budget: TimeBudget 
                                              verbose=1 if chief else 0)
 
 
-def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_images, throughput, dist):
+def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_images, throughput, dist,
+               low_res: bool = False):
     """Callbacks of one phase. Only the chief logs (CSV, TensorBoard, images); every worker backs up and
     checkpoints, because those saves are collectives under MultiWorkerMirroredStrategy (non-chief
-    ``out_dir`` is a private scratch folder)."""
+    ``out_dir`` is a private scratch folder). ``low_res``: the low-resolution stage of phase 1, which
+    stops at its share of the time budget, backs up on its own, and neither saves a best model nor
+    draws heatmap grids (its network has another input size)."""
     chief = dist.is_chief
     cbs = [ElapsedTime(out_dir / "history.csv")] if chief else []
     budget = None
     if phase == 1 and cfg.time_budget > 0:
-        budget = TimeBudget(60.0 * cfg.time_budget, out_dir / "history.csv", log=_log)
+        budget = TimeBudget(60.0 * cfg.time_budget, out_dir / "history.csv", log=_log,
+                            stop_at=cfg.low_res_share if low_res else 1.0)
         cbs.append(budget)
     cbs += [
-        keras.callbacks.BackupAndRestore(str(out_dir / "backup" / f"phase{phase}"), delete_checkpoint=True),
+        keras.callbacks.BackupAndRestore(str(out_dir / "backup" / ("phase1_low_res" if low_res else f"phase{phase}")),
+                                         delete_checkpoint=True),
         keras.callbacks.TerminateOnNaN(),
         _lr_callback(cfg, phase, monitor, chief, budget),
-        BestModelCheckpoint(out_dir / "best_model.keras", meta, monitor=monitor),
     ]
+    if not low_res:
+        cbs.append(BestModelCheckpoint(out_dir / "best_model.keras", meta, monitor=monitor))
     if chief:
         cbs += [keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
                 keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False, update_freq="epoch",
                                             profile_batch=0)]
     cbs.append(throughput)
-    if chief and sample_images is not None and cfg.image_every > 0:
+    if chief and not low_res and sample_images is not None and cfg.image_every > 0:
         cbs.append(HeatmapImages(out_dir / "tensorboard" / "images", sample_images, cfg.image_every))
     if cfg.early_stopping > 0:
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping, verbose=1 if chief else 0))
@@ -252,6 +259,14 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
                          f"img_size={pre['img_size']} ({cfg.data_dir}). Re-run preprocess_vis.py.")
     mcfg = cfg.model_config(img_size, k)
     heat_size, sigma = heatmap_targets(cfg, mcfg, pre)
+    if cfg.low_res_size:
+        if cfg.low_res_size >= img_size or img_size % cfg.low_res_size:
+            raise ValueError(f"--low-res-size {cfg.low_res_size} must be smaller than the {img_size} px input of "
+                             f"{cfg.data_dir}/X_data.npy and divide it (e.g. {img_size // 2}).")
+        if cfg.heatmap_source == "stored":
+            raise ValueError("--low-res-size draws its targets at the pooled size: use --heatmap-source render.")
+        if cfg.epochs < 2:
+            raise ValueError("--low-res-size needs --epochs >= 2: one stage at low resolution, one at full size.")
     common = dict(sigma=sigma, heat_size=heat_size, stored_heatmaps=cfg.heatmap_source == "stored")
     data = _data(cfg, dist, ds, own, global_batch, common, aug)
     train_idx, val_idx = data.train_idx, data.val_idx
@@ -306,6 +321,47 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
                          callbacks=_callbacks(cfg, out_dir, phase, meta, monitor, sample_images, throughput, dist)
                          + extra, verbose=cfg.verbose if chief else 0, **kw)
 
+    def low_res_stage():
+        """Phase 1's first epochs on pooled images (see ``--low-res-size``); returns the next epoch."""
+        marker = out_dir / "low_res_done.json"
+        if marker.is_file():
+            done = int(json.loads(marker.read_text())["epochs"])
+            if not (out_dir / "backup" / "phase1").exists():  # else BackupAndRestore restores a later state
+                model.load_weights(out_dir / "low_res_done.weights.h5")
+            _log(f"low-resolution stage already finished ({marker}); continuing at full size from epoch {done + 1}")
+            return done, None
+        f = img_size // cfg.low_res_size
+        low_cfg = dataclasses.replace(mcfg, input_size=cfg.low_res_size)
+        low_common = dict(common, heat_size=low_cfg.heatmap_size, downsample=f)
+        low_data = _data(cfg, dist, ds, own, global_batch, low_common, aug)
+        with dist.scope():
+            low = build_model(low_cfg, None)
+            if dist.num_replicas > 1 and cfg.sync_batchnorm:
+                sync_batchnorm(low)
+            low.set_weights(model.get_weights())
+            if pretrained:
+                set_backbone_trainable(low, False)
+            compile_model(low, cfg.learning_rate, img_size, cfg.lambda_coords, cfg.focal_alpha, cfg.focal_gamma,
+                          cfg.jit, dist.num_replicas)
+        prepare_multiworker_fit(low, dist, probe_x[:, ::f, ::f], {
+            "heatmaps": np.zeros((1, low_cfg.heatmap_size, low_cfg.heatmap_size, k), np.float32),
+            "coords": probe_y["coords"]})
+        epochs = max(1, min(cfg.epochs - 1, round(cfg.low_res_share * cfg.epochs)))
+        _log(f"low-resolution stage: {cfg.low_res_size} px input ({f}x{f} average-pooled), "
+             f"{low_cfg.heatmap_size} px heatmaps (sigma {sigma:g}), for {epochs} epochs"
+             + (f" or {cfg.low_res_share:.0%} of the time budget" if cfg.time_budget > 0 else ""))
+        low_tp = Throughput(global_batch)
+        h = low.fit(low_data.train, validation_data=low_data.val, shuffle=False, steps_per_epoch=low_data.steps,
+                    epochs=epochs, verbose=cfg.verbose if chief else 0,
+                    callbacks=_callbacks(cfg, out_dir, 1, meta, monitor, None, low_tp, dist, low_res=True) + extra)
+        done = h.epoch[-1] + 1 if h.epoch else epochs
+        model.set_weights(low.get_weights())
+        model.save_weights(out_dir / "low_res_done.weights.h5")
+        write_json(marker, {"epochs": done, "images_per_second": low_tp.images_per_second})
+        _log(f"low-resolution stage done after {done} epochs ({low_tp.images_per_second:.1f} train images/s); "
+             f"continuing at {img_size} px")
+        return done, (h.history, low.optimizer)
+
     if cfg.fine_tune and phase1_marker.is_file():
         _log(f"phase 1 already finished ({phase1_marker}); resuming with phase 2")
     else:
@@ -317,8 +373,19 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
         if cfg.time_budget > 0:
             _log(f"time budget {cfg.time_budget:g} min: phase 1 stops then, or after {cfg.epochs} epochs"
                  + ("; the cosine decay follows whichever runs out first" if cfg.lr_schedule == "cosine" else ""))
+        start, low = 0, None
+        if cfg.low_res_size:
+            start, low = low_res_stage()
+            if low is not None:
+                history.update(low[0])
         compile_(cfg.learning_rate)
-        history.update(fit(1, epochs=cfg.epochs).history)
+        if low is not None:  # carry Adam's moments over: one optimisation, two input sizes
+            with dist.scope():
+                model.optimizer.build(model.trainable_variables)
+                for dst, src in zip(model.optimizer.variables, low[1].variables, strict=True):
+                    dst.assign(src)
+        for key, v in fit(1, initial_epoch=start, epochs=cfg.epochs).history.items():
+            history.setdefault(key, []).extend(v)
         if cfg.fine_tune:
             model.save_weights(phase1_marker)
 

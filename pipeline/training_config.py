@@ -50,6 +50,11 @@ class TrainConfig:
                             "cosine decays over the time, or over EPOCHS should they run out first; set EPOCHS "
                             "high to let the time decide. Counts the time of an interrupted run that is resumed. "
                             "Single-process runs only.")
+    low_res_size: int = _f(0, "Input side of a first, low-resolution stage of phase 1 (0: none; a multiple of 32 "
+                           "that divides the input side). Images are average-pooled to it in the input pipeline "
+                           "and targets drawn on the matching heatmap grid; the fully convolutional network then "
+                           "continues at full size with the same weights, optimizer state and schedule.")
+    low_res_share: float = _f(0.5, "Share of phase 1 (of its time budget, and of its epochs) at LOW_RES_SIZE.")
     steps_per_epoch: int = _f(0, "Limit training steps per epoch (0: one pass over the training set).")
     val_split: float = _f(0.15, "Fraction of samples held out for validation.")
     seed: int = _f(1, "Seed of the split, shuffling and initialisation.")
@@ -104,6 +109,10 @@ class TrainConfig:
             raise ValueError(f"time_budget must be >= 0 minutes (0: no limit). Received: {self.time_budget}")
         if self.heatmap_sigma < 0:
             raise ValueError(f"heatmap_sigma must be >= 0 (0: the preprocessing sigma). Received: {self.heatmap_sigma}")
+        if self.low_res_size < 0 or self.low_res_size % 32:
+            raise ValueError(f"low_res_size must be 0 (off) or a multiple of 32. Received: {self.low_res_size}")
+        if not 0.0 < self.low_res_share < 1.0:
+            raise ValueError(f"low_res_share must be in (0, 1). Received: {self.low_res_share}")
         if not 0.0 <= self.val_split < 1.0:
             raise ValueError(f"val_split must be in [0, 1). Received: val_split={self.val_split}")
         for name, allowed in (("lr_schedule", LR_SCHEDULES), ("strategy", STRATEGIES), ("cluster", CLUSTERS),

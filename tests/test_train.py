@@ -263,3 +263,72 @@ def test_time_budget_counts_the_time_of_the_interrupted_run(tmp_path):
     assert budget.fraction() == 1.0
     with pytest.raises(ValueError, match="positive"):
         TimeBudget(0.0)
+
+
+@pytest.fixture(scope="module")
+def data64(tmp_path_factory):
+    return make_fake_dataset(tmp_path_factory.mktemp("fake64"), n=40, k=3, img_size=64)
+
+
+def test_pooled_input_pipeline_keeps_coordinates_exact(data64):
+    ds = load_dataset(data64)
+    idx = np.arange(4)
+    full_x, full_y = next(iter(make_dataset(ds, idx, 4, False, sigma=1.0, heat_size=32)))
+    low_x, low_y = next(iter(make_dataset(ds, idx, 4, False, sigma=1.0, heat_size=16, downsample=2)))
+    assert low_x.shape == (4, 32, 32, 3) and low_y["heatmaps"].shape == (4, 16, 16, 3)
+    blocks = full_x.numpy().reshape(4, 32, 2, 32, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(low_x.numpy(), blocks, rtol=1e-6)
+    np.testing.assert_array_equal(low_y["coords"].numpy(), full_y["coords"].numpy())
+    # the same normalised keypoint: its peak cell on the 16-px grid is its 32-px cell halved
+    vis = ds.visible[:4]
+    b, kk = np.nonzero(vis)
+    for hm_full, hm_low in [(full_y["heatmaps"].numpy(), low_y["heatmaps"].numpy())]:
+        for i, j in zip(b, kk):
+            r32, c32 = np.unravel_index(hm_full[i, :, :, j].argmax(), (32, 32))
+            r16, c16 = np.unravel_index(hm_low[i, :, :, j].argmax(), (16, 16))
+            assert abs(r16 - r32 / 2) <= 1 and abs(c16 - c32 / 2) <= 1
+    with pytest.raises(ValueError, match="divisor"):
+        make_dataset(ds, idx, 4, False, sigma=1.0, heat_size=16, downsample=3)
+
+
+def test_low_res_stage_hands_over_to_full_size(data64, tmp_path):
+    args = _args(data64, tmp_path, "low", "--epochs", "4", "--low-res-size", "32", "--low-res-share", "0.5",
+                 "--lr-schedule", "cosine", "--warmup-epochs", "0", "--learning-rate", "3e-3", "--heatmap-sigma", "1.0")
+    summary = train_vis.main(args)
+    run = tmp_path / "logs" / "low"
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # one epoch count across both stages
+    assert json.loads((run / "low_res_done.json").read_text())["epochs"] == 2
+    lrs = [float(r["learning_rate"]) for r in rows]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # one cosine decay, no restart at the hand-over
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert all(a < b for a, b in zip(elapsed, elapsed[1:]))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    model, meta = load_model(tmp_path / "model.keras")
+    assert model.input_shape == (None, 64, 64, 3) and meta["train"]["low_res_size"] == 32
+    assert summary["best"]["epoch"] in (3, 4)  # best model saved by the full-size stage only
+    # rerunning the finished run trains no more low-resolution epochs
+    train_vis.main(args)
+    assert _csv_epochs(run / "history.csv")[-1] == 3
+
+
+def test_low_res_run_resumes_in_the_full_size_stage(data64, tmp_path):
+    args = _args(data64, tmp_path, "lowres", "--epochs", "3", "--low-res-size", "32", "--low-res-share", "0.34",
+                 "--image-every", "0")
+    with pytest.raises(SimulatedInterruption):
+        train(parse_train_config(args), extra_callbacks=[StopAfterEpoch(1)])
+    run = tmp_path / "logs" / "lowres"
+    assert _csv_epochs(run / "history.csv") == [0, 1]
+    assert (run / "low_res_done.json").is_file() and (run / "backup" / "phase1").is_dir()
+    train_vis.main(args)
+    assert _csv_epochs(run / "history.csv") == [0, 1, 2]
+
+
+def test_low_res_settings_are_checked(data64, data_dir, tmp_path):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        parse_train_config(_args(data64, tmp_path, "b1", "--low-res-size", "48"))
+    with pytest.raises(ValueError, match="low_res_share"):
+        parse_train_config(_args(data64, tmp_path, "b2", "--low-res-size", "32", "--low-res-share", "1"))
+    with pytest.raises(ValueError, match="smaller than the 32 px input"):
+        train_vis.main(_args(data_dir, tmp_path, "b3", "--low-res-size", "32"))
