@@ -259,14 +259,17 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
                          f"img_size={pre['img_size']} ({cfg.data_dir}). Re-run preprocess_vis.py.")
     mcfg = cfg.model_config(img_size, k)
     heat_size, sigma = heatmap_targets(cfg, mcfg, pre)
-    if cfg.low_res_size:
-        if cfg.low_res_size >= img_size or img_size % cfg.low_res_size:
-            raise ValueError(f"--low-res-size {cfg.low_res_size} must be smaller than the {img_size} px input of "
-                             f"{cfg.data_dir}/X_data.npy and divide it (e.g. {img_size // 2}).")
+    low_res = cfg.low_res_factor > 1
+    if low_res:
+        f = cfg.low_res_factor
+        if img_size % f or (img_size // f) % 32:
+            raise ValueError(f"--low-res-factor {f} pools the {img_size} px images of {cfg.data_dir}/X_data.npy to "
+                             f"{img_size / f:g} px, but the network needs a multiple of 32. Use a factor that gives "
+                             "one, or --low-res-factor 1 (no low-resolution stage).")
         if cfg.heatmap_source == "stored":
-            raise ValueError("--low-res-size draws its targets at the pooled size: use --heatmap-source render.")
+            raise ValueError("--low-res-factor draws its targets at the pooled size: use --heatmap-source render.")
         if cfg.epochs < 2:
-            raise ValueError("--low-res-size needs --epochs >= 2: one stage at low resolution, one at full size.")
+            raise ValueError("--low-res-factor needs --epochs >= 2: one stage at low resolution, one at full size.")
     common = dict(sigma=sigma, heat_size=heat_size, stored_heatmaps=cfg.heatmap_source == "stored")
     data = _data(cfg, dist, ds, own, global_batch, common, aug)
     train_idx, val_idx = data.train_idx, data.val_idx
@@ -322,7 +325,7 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
                          + extra, verbose=cfg.verbose if chief else 0, **kw)
 
     def low_res_stage():
-        """Phase 1's first epochs on pooled images (see ``--low-res-size``); returns the next epoch."""
+        """Phase 1's first epochs on pooled images (see ``--low-res-factor``); returns the next epoch."""
         marker = out_dir / "low_res_done.json"
         if marker.is_file():
             done = int(json.loads(marker.read_text())["epochs"])
@@ -330,8 +333,8 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
                 model.load_weights(out_dir / "low_res_done.weights.h5")
             _log(f"low-resolution stage already finished ({marker}); continuing at full size from epoch {done + 1}")
             return done, None
-        f = img_size // cfg.low_res_size
-        low_cfg = dataclasses.replace(mcfg, input_size=cfg.low_res_size)
+        f = cfg.low_res_factor
+        low_cfg = dataclasses.replace(mcfg, input_size=img_size // f)
         low_common = dict(common, heat_size=low_cfg.heatmap_size, downsample=f)
         low_data = _data(cfg, dist, ds, own, global_batch, low_common, aug)
         with dist.scope():
@@ -347,7 +350,7 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
             "heatmaps": np.zeros((1, low_cfg.heatmap_size, low_cfg.heatmap_size, k), np.float32),
             "coords": probe_y["coords"]})
         epochs = max(1, min(cfg.epochs - 1, round(cfg.low_res_share * cfg.epochs)))
-        _log(f"low-resolution stage: {cfg.low_res_size} px input ({f}x{f} average-pooled), "
+        _log(f"low-resolution stage: {low_cfg.input_size} px input ({f}x{f} average-pooled), "
              f"{low_cfg.heatmap_size} px heatmaps (sigma {sigma:g}), for {epochs} epochs"
              + (f" or {cfg.low_res_share:.0%} of the time budget" if cfg.time_budget > 0 else ""))
         low_tp = Throughput(global_batch)
@@ -374,7 +377,7 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
             _log(f"time budget {cfg.time_budget:g} min: phase 1 stops then, or after {cfg.epochs} epochs"
                  + ("; the cosine decay follows whichever runs out first" if cfg.lr_schedule == "cosine" else ""))
         start, low = 0, None
-        if cfg.low_res_size:
+        if low_res:
             start, low = low_res_stage()
             if low is not None:
                 history.update(low[0])

@@ -292,7 +292,7 @@ def test_pooled_input_pipeline_keeps_coordinates_exact(data64):
 
 
 def test_low_res_stage_hands_over_to_full_size(data64, tmp_path):
-    args = _args(data64, tmp_path, "low", "--epochs", "4", "--low-res-size", "32", "--low-res-share", "0.5",
+    args = _args(data64, tmp_path, "low", "--epochs", "4", "--low-res-factor", "2", "--low-res-share", "0.5",
                  "--lr-schedule", "cosine", "--warmup-epochs", "0", "--learning-rate", "3e-3", "--heatmap-sigma", "1.0")
     summary = train_vis.main(args)
     run = tmp_path / "logs" / "low"
@@ -306,7 +306,7 @@ def test_low_res_stage_hands_over_to_full_size(data64, tmp_path):
     assert all(a < b for a, b in zip(elapsed, elapsed[1:]))
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     model, meta = load_model(tmp_path / "model.keras")
-    assert model.input_shape == (None, 64, 64, 3) and meta["train"]["low_res_size"] == 32
+    assert model.input_shape == (None, 64, 64, 3) and meta["train"]["low_res_factor"] == 2
     assert summary["best"]["epoch"] in (3, 4)  # best model saved by the full-size stage only
     # rerunning the finished run trains no more low-resolution epochs
     train_vis.main(args)
@@ -314,7 +314,7 @@ def test_low_res_stage_hands_over_to_full_size(data64, tmp_path):
 
 
 def test_low_res_run_resumes_in_the_full_size_stage(data64, tmp_path):
-    args = _args(data64, tmp_path, "lowres", "--epochs", "3", "--low-res-size", "32", "--low-res-share", "0.34",
+    args = _args(data64, tmp_path, "lowres", "--epochs", "3", "--low-res-factor", "2", "--low-res-share", "0.34",
                  "--image-every", "0")
     with pytest.raises(SimulatedInterruption):
         train(parse_train_config(args), extra_callbacks=[StopAfterEpoch(1)])
@@ -326,9 +326,11 @@ def test_low_res_run_resumes_in_the_full_size_stage(data64, tmp_path):
 
 
 def test_low_res_settings_are_checked(data64, data_dir, tmp_path):
-    with pytest.raises(ValueError, match="multiple of 32"):
-        parse_train_config(_args(data64, tmp_path, "b1", "--low-res-size", "48"))
+    with pytest.raises(ValueError, match="low_res_factor must be >= 1"):
+        parse_train_config(_args(data64, tmp_path, "b1", "--low-res-factor", "0"))
     with pytest.raises(ValueError, match="low_res_share"):
-        parse_train_config(_args(data64, tmp_path, "b2", "--low-res-size", "32", "--low-res-share", "1"))
-    with pytest.raises(ValueError, match="smaller than the 32 px input"):
-        train_vis.main(_args(data_dir, tmp_path, "b3", "--low-res-size", "32"))
+        parse_train_config(_args(data64, tmp_path, "b2", "--low-res-factor", "2", "--low-res-share", "1"))
+    with pytest.raises(ValueError, match="pools the 32 px images .* to 16 px"):
+        train_vis.main(_args(data_dir, tmp_path, "b3", "--low-res-factor", "2"))
+    with pytest.raises(ValueError, match="to 21.3333 px"):
+        train_vis.main(_args(data64, tmp_path, "b4", "--low-res-factor", "3"))
