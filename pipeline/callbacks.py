@@ -149,16 +149,19 @@ class ElapsedTime(keras.callbacks.Callback):
     """Adds ``elapsed_s`` (wall-clock seconds of training so far) to each epoch's logs.
 
     Place it before CSVLogger so the column is written. On a resumed run the count continues
-    from the last ``elapsed_s`` in ``history_csv``.
+    from the last ``elapsed_s`` in ``history_csv``. ``since`` (a ``time.perf_counter()`` value)
+    starts the clock then instead of at ``fit``: a stage that follows another in the same process
+    then counts the hand-over between them too.
     """
 
-    def __init__(self, history_csv=None):
+    def __init__(self, history_csv=None, since: float | None = None):
         super().__init__()
         self.base = elapsed_before(history_csv)
+        self.since = since
         self._t0 = None
 
     def on_train_begin(self, logs=None):
-        self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter() if self.since is None else self.since
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self._t0 is not None:
@@ -174,10 +177,13 @@ class TimeBudget(keras.callbacks.Callback):
     along the budget is, so that the decay ends when the time does, on a fast machine or a slow one.
     ``stop_at`` (0..1] stops at that fraction of the budget instead, while :meth:`fraction` still
     counts against the whole: a first stage of a budget then ends its share of a schedule that the
-    next stage continues. ``clock`` (seconds, monotonic) is injectable for tests.
+    next stage continues, and ``since`` (a ``clock()`` value) makes that next stage count the time
+    from the end of the first, hand-over included (as :class:`ElapsedTime`). ``clock`` (seconds,
+    monotonic) is injectable for tests.
     """
 
-    def __init__(self, seconds: float, history_csv=None, clock=time.perf_counter, log=print, stop_at: float = 1.0):
+    def __init__(self, seconds: float, history_csv=None, clock=time.perf_counter, log=print, stop_at: float = 1.0,
+                 since: float | None = None):
         super().__init__()
         if seconds <= 0:
             raise ValueError(f"The time budget must be positive. Received: {seconds} s")
@@ -185,6 +191,7 @@ class TimeBudget(keras.callbacks.Callback):
             raise ValueError(f"stop_at must be in (0, 1]. Received: {stop_at}")
         self.seconds, self.base, self.clock, self.log = float(seconds), elapsed_before(history_csv), clock, log
         self.stop_at = float(stop_at)
+        self.since = since
         self._t0 = None
         self.stopped_at: tuple[int, int] | None = None  # (epoch, batch) of the stop
         self._epoch = 0
@@ -196,7 +203,7 @@ class TimeBudget(keras.callbacks.Callback):
         return min(self.elapsed() / self.seconds, 1.0)
 
     def on_train_begin(self, logs=None):
-        self._t0 = self.clock()
+        self._t0 = self.clock() if self.since is None else self.since
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch

@@ -108,18 +108,18 @@ def _lr_callback(cfg, phase: int, monitor: str, chief: bool, budget: TimeBudget 
 
 
 def _callbacks(cfg, out_dir: Path, phase: int, meta: dict, monitor: str, sample_images, throughput, dist,
-               low_res: bool = False):
+               low_res: bool = False, since: float | None = None):
     """Callbacks of one phase. Only the chief logs (CSV, TensorBoard, images); every worker backs up and
     checkpoints, because those saves are collectives under MultiWorkerMirroredStrategy (non-chief
     ``out_dir`` is a private scratch folder). ``low_res``: the low-resolution stage of phase 1, which
     stops at its share of the time budget, backs up on its own, and neither saves a best model nor
-    draws heatmap grids (its network has another input size)."""
+    draws heatmap grids (its network has another input size). ``since``: see :class:`ElapsedTime`."""
     chief = dist.is_chief
-    cbs = [ElapsedTime(out_dir / "history.csv")] if chief else []
+    cbs = [ElapsedTime(out_dir / "history.csv", since)] if chief else []
     budget = None
     if phase == 1 and cfg.time_budget > 0:
         budget = TimeBudget(60.0 * cfg.time_budget, out_dir / "history.csv", log=_log,
-                            stop_at=cfg.low_res_share if low_res else 1.0)
+                            stop_at=cfg.low_res_share if low_res else 1.0, since=since)
         cbs.append(budget)
     cbs += [
         keras.callbacks.BackupAndRestore(str(out_dir / "backup" / ("phase1_low_res" if low_res else f"phase{phase}")),
@@ -319,10 +319,10 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
                           dist.num_replicas)
         prepare_multiworker_fit(model, dist, probe_x, probe_y)
 
-    def fit(phase, **kw):
+    def fit(phase, since=None, **kw):
         return model.fit(data.train, validation_data=data.val, shuffle=False, steps_per_epoch=steps,
-                         callbacks=_callbacks(cfg, out_dir, phase, meta, monitor, sample_images, throughput, dist)
-                         + extra, verbose=cfg.verbose if chief else 0, **kw)
+                         callbacks=_callbacks(cfg, out_dir, phase, meta, monitor, sample_images, throughput, dist,
+                                              since=since) + extra, verbose=cfg.verbose if chief else 0, **kw)
 
     def low_res_stage():
         """Phase 1's first epochs on pooled images (see ``--low-res-factor``); returns the next epoch."""
@@ -357,13 +357,14 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
         h = low.fit(low_data.train, validation_data=low_data.val, shuffle=False, steps_per_epoch=low_data.steps,
                     epochs=epochs, verbose=cfg.verbose if chief else 0,
                     callbacks=_callbacks(cfg, out_dir, 1, meta, monitor, None, low_tp, dist, low_res=True) + extra)
+        ended = time.perf_counter()  # the hand-over to full size counts against the budget
         done = h.epoch[-1] + 1 if h.epoch else epochs
         model.set_weights(low.get_weights())
         model.save_weights(out_dir / "low_res_done.weights.h5")
         write_json(marker, {"epochs": done, "images_per_second": low_tp.images_per_second})
         _log(f"low-resolution stage done after {done} epochs ({low_tp.images_per_second:.1f} train images/s); "
              f"continuing at {img_size} px")
-        return done, (h.history, low.optimizer)
+        return done, (h.history, low.optimizer, ended)
 
     if cfg.fine_tune and phase1_marker.is_file():
         _log(f"phase 1 already finished ({phase1_marker}); resuming with phase 2")
@@ -387,7 +388,8 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
                 model.optimizer.build(model.trainable_variables)
                 for dst, src in zip(model.optimizer.variables, low[1].variables, strict=True):
                     dst.assign(src)
-        for key, v in fit(1, initial_epoch=start, epochs=cfg.epochs).history.items():
+        since = low[2] if low is not None else None
+        for key, v in fit(1, since=since, initial_epoch=start, epochs=cfg.epochs).history.items():
             history.setdefault(key, []).extend(v)
         if cfg.fine_tune:
             model.save_weights(phase1_marker)

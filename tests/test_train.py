@@ -265,6 +265,28 @@ def test_time_budget_counts_the_time_of_the_interrupted_run(tmp_path):
         TimeBudget(0.0)
 
 
+def test_time_budget_since_counts_the_hand_over_between_stages(tmp_path):
+    from pipeline.callbacks import ElapsedTime, TimeBudget
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,elapsed_s,loss\n0,50.0,1.0\n")  # the first stage ended at 50 s
+    clock = _FakeClock()
+    clock.now = 7.0  # 7 s of hand-over (weights, save, compile) before the next stage's fit begins
+    budget = TimeBudget(100.0, history, clock=clock, since=0.0)
+    budget.on_train_begin()
+    assert budget.elapsed() == pytest.approx(57.0)
+    plain = TimeBudget(100.0, history, clock=clock)
+    plain.on_train_begin()
+    assert plain.elapsed() == pytest.approx(50.0)  # without ``since`` the hand-over is not counted
+    import time
+
+    timer = ElapsedTime(history, since=time.perf_counter() - 7.0)
+    timer.on_train_begin()
+    logs = {}
+    timer.on_epoch_end(1, logs)
+    assert 57.0 <= logs["elapsed_s"] < 60.0
+
+
 @pytest.fixture(scope="module")
 def data64(tmp_path_factory):
     return make_fake_dataset(tmp_path_factory.mktemp("fake64"), n=40, k=3, img_size=64)
