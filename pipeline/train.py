@@ -266,8 +266,6 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
             raise ValueError(f"--low-res-factor {f} pools the {img_size} px images of {cfg.data_dir}/X_data.npy to "
                              f"{img_size / f:g} px, but the network needs a multiple of 32. Use a factor that gives "
                              "one, or --low-res-factor 1 (no low-resolution stage).")
-        if cfg.heatmap_source == "stored":
-            raise ValueError("--low-res-factor draws its targets at the pooled size: use --heatmap-source render.")
         if cfg.epochs < 2:
             raise ValueError("--low-res-factor needs --epochs >= 2: one stage at low resolution, one at full size.")
     common = dict(sigma=sigma, heat_size=heat_size, stored_heatmaps=cfg.heatmap_source == "stored")

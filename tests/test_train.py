@@ -303,14 +303,15 @@ def test_pooled_input_pipeline_keeps_coordinates_exact(data64):
     np.testing.assert_array_equal(low_y["coords"].numpy(), full_y["coords"].numpy())
     # the same normalised keypoint: its peak cell on the 16-px grid is its 32-px cell halved
     vis = ds.visible[:4]
-    b, kk = np.nonzero(vis)
-    for hm_full, hm_low in [(full_y["heatmaps"].numpy(), low_y["heatmaps"].numpy())]:
-        for i, j in zip(b, kk):
-            r32, c32 = np.unravel_index(hm_full[i, :, :, j].argmax(), (32, 32))
-            r16, c16 = np.unravel_index(hm_low[i, :, :, j].argmax(), (16, 16))
-            assert abs(r16 - r32 / 2) <= 1 and abs(c16 - c32 / 2) <= 1
+    hm_full, hm_low = full_y["heatmaps"].numpy(), low_y["heatmaps"].numpy()
+    for i, j in zip(*np.nonzero(vis)):
+        r32, c32 = np.unravel_index(hm_full[i, :, :, j].argmax(), (32, 32))
+        r16, c16 = np.unravel_index(hm_low[i, :, :, j].argmax(), (16, 16))
+        assert abs(r16 - r32 / 2) <= 1 and abs(c16 - c32 / 2) <= 1
     with pytest.raises(ValueError, match="divisor"):
         make_dataset(ds, idx, 4, False, sigma=1.0, heat_size=16, downsample=3)
+    with pytest.raises(ValueError, match="heatmap-source render"):
+        make_dataset(ds, idx, 4, False, sigma=1.0, heat_size=16, downsample=2, stored_heatmaps=True)
 
 
 def test_low_res_stage_hands_over_to_full_size(data64, tmp_path):
