@@ -265,3 +265,53 @@ class CosineSchedule(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class SigmaSchedule(keras.callbacks.Callback):
+    """Moves the width of the rendered heatmap targets linearly from ``start`` to ``end`` over the
+    ``epochs`` of phase 1, or over its time ``budget`` (:class:`TimeBudget`) when that runs ahead.
+
+    Wide targets early make each keypoint's identity easy to learn; narrow ones late reward placing
+    the peak exactly. :meth:`value` is what ``make_dataset(sigma=...)`` reads for each batch it
+    gathers (a few prefetched batches lag by a step or two). Driven by the epoch index Keras hands it,
+    so a resumed run continues at the same width. One instance serves both stages of a low-resolution
+    start: ``budget`` is set per stage. ``heatmap_sigma`` is added to the epoch logs.
+    """
+
+    def __init__(self, start: float, end: float, epochs: int):
+        super().__init__()
+        if start <= 0 or end <= 0:
+            raise ValueError(f"Heatmap sigmas must be positive. Received: start={start}, end={end}")
+        self.start, self.end, self.epochs = float(start), float(end), int(epochs)
+        self.budget: TimeBudget | None = None
+        self._sigma = self.start
+        self._epoch = 0
+
+    def value(self) -> float:
+        return self._sigma
+
+    def at(self, progress: float) -> float:
+        """Sigma at ``progress`` (0..1, clipped) of the phase."""
+        t = min(max(progress, 0.0), 1.0)
+        return self.start + (self.end - self.start) * t
+
+    def finish(self) -> None:
+        """Hold the final sigma (phase 2, or a phase 1 that ended in an earlier run)."""
+        self._sigma = self.end
+
+    def _set(self, epochs_done: float) -> None:
+        spent = self.budget.fraction() if self.budget is not None else 0.0
+        self._sigma = self.at(max(epochs_done / max(self.epochs, 1), spent))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._set(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = (self.params or {}).get("steps") or 0
+        if steps:
+            self._set(self._epoch + batch / steps)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["heatmap_sigma"] = self._sigma

@@ -20,6 +20,8 @@ Batches: x (B, S, S, 3) float32 RGB 0..255; targets dict ``heatmaps`` (B, S/2, S
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -57,7 +59,7 @@ def check_dataset(ds: Dataset, sample: int = 256) -> None:
             raise ValueError("X_data holds NaN/inf pixel values; re-run preprocess_vis.py.")
 
 
-def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bool, *, sigma: float,
+def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bool, *, sigma: float | Callable[[], float],
                  heat_size: int, augment: AugmentConfig | None = None, stored_heatmaps: bool = False,
                  seed: int = 0, drop_remainder: bool | None = None, num_shards: int = 1, shard_index: int = 0,
                  limit: int | None = None, auto_shard: bool = True, repeat: bool = False,
@@ -76,6 +78,8 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
     ``downsample`` f > 1 average-pools the images by f x f blocks before any augmentation (the
     low-resolution stage of training): each pooled pixel covers exactly f x f pixels, so normalised
     corner-origin coordinates stay exact. ``heat_size`` is then the side of the pooled model's maps.
+    ``sigma`` (heatmap pixels) may be a function of no arguments: each batch then reads it as it is
+    gathered, so a training callback can change the targets' width during a run (``SigmaSchedule``).
     """
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
@@ -99,17 +103,25 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
     k, s = ds.num_keypoints, ds.x.shape[1]
     x_mm, c_mm, v_mm, h_mm = ds.x, ds.coords, ds.visible, ds.heatmaps
 
+    scheduled = callable(sigma)
+    if scheduled and stored_heatmaps:
+        raise ValueError("A changing heatmap sigma needs rendered targets: use --heatmap-source render.")
+
     def gather(idx):
         idx = np.sort(idx)
         out = [np.asarray(x_mm[idx]), np.asarray(c_mm[idx], np.float32), np.asarray(v_mm[idx], bool)]
         if stored_heatmaps:
             out.append(np.asarray(h_mm[idx], np.float32))
+        if scheduled:
+            out.append(np.float32(sigma()))
         return tuple(out)
 
     def load(idx):
         types = [tf.as_dtype(x_mm.dtype), tf.float32, tf.bool] + ([tf.float32] if stored_heatmaps else [])
-        parts = tf.numpy_function(gather, [idx], types, stateful=False)
+        types += [tf.float32] if scheduled else []
+        parts = tf.numpy_function(gather, [idx], types, stateful=scheduled)
         x, coords, vis = parts[0], parts[1], parts[2]
+        width = tf.ensure_shape(parts[-1], []) if scheduled else sigma
         x = tf.ensure_shape(tf.cast(x, tf.float32), [None, s, s, 3])
         if downsample > 1:
             x = tf.nn.avg_pool2d(x, downsample, downsample, "VALID")
@@ -124,7 +136,7 @@ def make_dataset(ds: Dataset, indices: np.ndarray, batch_size: int, training: bo
         if stored_heatmaps:
             hm = tf.ensure_shape(parts[3], [None, heat_size, heat_size, k])
         else:
-            hm = render_tf(tf.reshape(coords, [-1, k, 2]), vis, heat_size, sigma)
+            hm = render_tf(tf.reshape(coords, [-1, k, 2]), vis, heat_size, width)
         return x, {"heatmaps": hm, "coords": coords}
 
     data = tf.data.Dataset.from_tensor_slices(indices)

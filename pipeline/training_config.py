@@ -51,7 +51,9 @@ class TrainConfig:
                             "high to let the time decide. Counts the time of an interrupted run that is resumed. "
                             "Single-process runs only.")
     low_res_factor: int = _f(1, "Pool factor of a first, low-resolution stage of phase 1 (1: none; 2: half the input "
-                             "side). Images are average-pooled by it in the input pipeline and targets drawn on "
+                             "side; 0: auto, i.e. 2 under --time-budget when the pooled side is a multiple of 32, "
+                             "else none: with a fixed epoch count the stage saves time but ends less accurate, "
+                             "within a fixed time it ends more accurate). Images are average-pooled by it in the input pipeline and targets drawn on "
                              "the matching heatmap grid at the same sigma in heatmap pixels; the fully "
                              "convolutional network then continues at full size with the same weights, optimizer "
                              "state and schedule. The pooled side must be a multiple of 32.")
@@ -73,6 +75,11 @@ class TrainConfig:
     heatmap_sigma: float = _f(0.0, "Gaussian sigma (heatmap pixels) of the targets rendered during training; 0: the "
                               "preprocessing --sigma, scaled to the model's heatmap side. Needs --heatmap-source "
                               "render.")
+    heatmap_sigma_end: float = _f(0.0, "Sigma (heatmap pixels) the training targets move to by the end of phase 1, "
+                                  "linearly over its epochs or its time budget, whichever runs out first (0: "
+                                  "constant sigma). Validation targets use this final sigma throughout, so "
+                                  "val_loss stays comparable between epochs; phase 2 trains at it. Needs "
+                                  "--heatmap-source render.")
     heatmap_source: str = _f("render", "Heatmap targets: rendered on the fly from coords, or stored in Y_data.npz.",
                              choices=("render", "stored"))
     augment: bool = _f(True, "Photometric augmentation of training batches.")
@@ -110,8 +117,10 @@ class TrainConfig:
             raise ValueError(f"time_budget must be >= 0 minutes (0: no limit). Received: {self.time_budget}")
         if self.heatmap_sigma < 0:
             raise ValueError(f"heatmap_sigma must be >= 0 (0: the preprocessing sigma). Received: {self.heatmap_sigma}")
-        if self.low_res_factor < 1:
-            raise ValueError(f"low_res_factor must be >= 1 (1: off). Received: {self.low_res_factor}")
+        if self.heatmap_sigma_end < 0:
+            raise ValueError(f"heatmap_sigma_end must be >= 0 (0: constant sigma). Received: {self.heatmap_sigma_end}")
+        if self.low_res_factor < 0:
+            raise ValueError(f"low_res_factor must be >= 0 (0: auto, 1: off). Received: {self.low_res_factor}")
         if not 0.0 < self.low_res_share < 1.0:
             raise ValueError(f"low_res_share must be in (0, 1). Received: {self.low_res_share}")
         if not 0.0 <= self.val_split < 1.0:
@@ -124,6 +133,16 @@ class TrainConfig:
     def model_config(self, input_size: int, num_keypoints: int) -> ModelConfig:
         return ModelConfig(input_size=input_size, num_keypoints=num_keypoints, backbone=self.backbone,
                            backbone_width=self.backbone_width, decoder_widths=self.decoder_widths, beta=self.beta)
+
+    def resolve_low_res_factor(self, img_size: int) -> tuple[int, str]:
+        """(pool factor, why) of the low-resolution stage for ``img_size`` px inputs; resolves 0 (auto)."""
+        if self.low_res_factor != 0:
+            return self.low_res_factor, f"--low-res-factor {self.low_res_factor}"
+        if self.time_budget <= 0:
+            return 1, "auto: off without --time-budget (for a fixed epoch count it trades accuracy for time)"
+        if img_size % 2 or (img_size // 2) % 32:
+            return 1, f"auto: off, {img_size} px pooled 2x2 is not a multiple of 32"
+        return 2, "auto: 2 under --time-budget"
 
     def augment_config(self):
         """The augmentation settings as a ``pipeline.augment.AugmentConfig`` (imported here: it needs
@@ -164,7 +183,9 @@ class TrainConfig:
 # Low-resolution start: the first half of the run (time or epochs) on 2x2-pooled 64-px images at 2.6x
 # the images/s (243 vs 90 on a 2-core AMD EPYC). In 10.3-min pilots on 4,000 renders (two seeds each)
 # the held-out mean with --tta rot4 was 2.46 / 2.44 px against 2.77 / 3.35 px without it (PCK@2px
-# 78.8 / 77.5 % against 76.3 / 73.7 %); a 70 % share gave 2.73 px.
+# 78.8 / 77.5 % against 76.3 / 73.7 %); a 70 % share gave 2.73 px. With a fixed epoch count it only
+# saves time: 20 epochs (half at 64 px) on 2,000 renders took 5.4 instead of 7.7 min but ended at
+# 4.73 px against 3.92 px. So the preset sets "auto": on under --time-budget, off otherwise.
 # ``tiny`` = seconds-long smoke runs for tests.
 PRESETS: dict[str, dict] = {
     "paper": {},
@@ -172,7 +193,7 @@ PRESETS: dict[str, dict] = {
         "backbone": "resnet18ish", "backbone_width": 24, "decoder_widths": (96, 48, 48, 24, 24),
         "weights": "none", "batch_size": 16, "epochs": 20, "learning_rate": 2e-3, "lr_schedule": "cosine",
         "warmup_epochs": 1.0, "affine_prob": 0.5, "focal_alpha": 0.5, "focal_gamma": 0.0, "heatmap_sigma": 1.5,
-        "low_res_factor": 2, "low_res_share": 0.5, "image_every": 5,
+        "low_res_factor": 0, "low_res_share": 0.5, "image_every": 5,
     },
     "tiny": {
         "backbone": "resnet18ish", "backbone_width": 8, "decoder_widths": (32, 16, 16, 8, 8), "weights": "none",

@@ -348,12 +348,84 @@ def test_low_res_run_resumes_in_the_full_size_stage(data64, tmp_path):
     assert _csv_epochs(run / "history.csv") == [0, 1, 2]
 
 
+def test_auto_low_res_factor_needs_a_time_budget_and_a_poolable_size():
+    cpu = parse_train_config(["--preset", "cpu"])
+    assert cpu.low_res_factor == 0 and cpu.resolve_low_res_factor(128)[0] == 1  # fixed epochs: off
+    timed = parse_train_config(["--preset", "cpu", "--time-budget", "5"])
+    assert [timed.resolve_low_res_factor(s)[0] for s in (128, 64, 96, 160, 192)] == [2, 2, 1, 1, 2]
+    assert parse_train_config(["--preset", "cpu", "--time-budget", "5", "--low-res-factor", "1"]
+                              ).resolve_low_res_factor(128)[0] == 1
+    assert parse_train_config(["--low-res-factor", "2"]).resolve_low_res_factor(128) == (2, "--low-res-factor 2")
+
+
 def test_low_res_settings_are_checked(data64, data_dir, tmp_path):
-    with pytest.raises(ValueError, match="low_res_factor must be >= 1"):
-        parse_train_config(_args(data64, tmp_path, "b1", "--low-res-factor", "0"))
+    with pytest.raises(ValueError, match="low_res_factor must be >= 0"):
+        parse_train_config(_args(data64, tmp_path, "b1", "--low-res-factor", "-1"))
     with pytest.raises(ValueError, match="low_res_share"):
         parse_train_config(_args(data64, tmp_path, "b2", "--low-res-factor", "2", "--low-res-share", "1"))
     with pytest.raises(ValueError, match="pools the 32 px images .* to 16 px"):
         train_vis.main(_args(data_dir, tmp_path, "b3", "--low-res-factor", "2"))
     with pytest.raises(ValueError, match="to 21.3333 px"):
         train_vis.main(_args(data64, tmp_path, "b4", "--low-res-factor", "3"))
+
+
+def test_sigma_schedule_follows_epochs_or_the_time_budget(tmp_path):
+    from pipeline.callbacks import SigmaSchedule, TimeBudget
+
+    sched = SigmaSchedule(2.0, 1.0, epochs=4)
+    sched.params = {"steps": 10}
+    assert sched.value() == 2.0
+    sched.on_epoch_begin(1)
+    assert sched.value() == pytest.approx(1.75)
+    sched.on_train_batch_begin(5)
+    assert sched.value() == pytest.approx(2.0 - 1.5 / 4)
+    logs = {}
+    sched.on_epoch_end(1, logs)
+    assert logs["heatmap_sigma"] == pytest.approx(1.625)
+    clock = _FakeClock()
+    sched.budget = TimeBudget(100.0, clock=clock)
+    sched.budget.on_train_begin()
+    clock.now = 80.0  # the time runs ahead of the epochs: it sets the pace
+    sched.on_epoch_begin(1)
+    assert sched.value() == pytest.approx(1.2)
+    clock.now = 500.0
+    sched.on_epoch_begin(1)
+    assert sched.value() == 1.0  # never past the end
+    sched2 = SigmaSchedule(2.0, 1.0, epochs=4)
+    sched2.finish()
+    assert sched2.value() == 1.0
+    with pytest.raises(ValueError, match="positive"):
+        SigmaSchedule(0.0, 1.0, 3)
+
+
+def test_input_pipeline_reads_a_changing_sigma_per_batch(data_dir):
+    ds = load_dataset(data_dir)
+    idx = np.arange(8)
+    width = {"sigma": 3.0}
+    data = make_dataset(ds, idx, 4, False, sigma=lambda: width["sigma"], heat_size=16)
+    fixed = make_dataset(ds, idx, 4, False, sigma=1.0, heat_size=16)
+    it = iter(data)
+    wide = next(it)[1]["heatmaps"].numpy()
+    width["sigma"] = 1.0
+    narrow = next(iter(make_dataset(ds, idx, 4, False, sigma=lambda: width["sigma"], heat_size=16)))[1]["heatmaps"]
+    np.testing.assert_allclose(narrow.numpy(), next(iter(fixed))[1]["heatmaps"].numpy(), atol=1e-6)
+    assert wide.sum() > 5 * narrow.numpy().sum()  # area grows with sigma^2: 9x
+    with pytest.raises(ValueError, match="heatmap-source render"):
+        make_dataset(ds, idx, 4, False, sigma=lambda: 1.0, heat_size=16, stored_heatmaps=True)
+
+
+def test_training_with_a_sigma_schedule_logs_and_keeps_the_final_targets(data64, tmp_path):
+    args = _args(data64, tmp_path, "sig", "--epochs", "4", "--heatmap-sigma", "2.0", "--heatmap-sigma-end", "1.0",
+                 "--image-every", "0")
+    train_vis.main(args)
+    run = tmp_path / "logs" / "sig"
+    with open(run / "history.csv") as f:
+        sigmas = [float(r["heatmap_sigma"]) for r in csv.DictReader(f)]
+    assert len(sigmas) == 4 and all(a > b for a, b in zip(sigmas, sigmas[1:]))
+    assert 1.0 <= sigmas[-1] < 1.3 and sigmas[0] < 2.0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["targets"] == {"heat_size": 32, "sigma": 1.0, "sigma_start": 2.0}
+    with pytest.raises(ValueError, match="heatmap_sigma_end must be >= 0"):
+        parse_train_config(_args(data64, tmp_path, "s2", "--heatmap-sigma-end", "-1"))
+    with pytest.raises(ValueError, match="--heatmap-sigma-end 1.0 needs --heatmap-source render"):
+        train_vis.main(_args(data64, tmp_path, "s3", "--heatmap-sigma-end", "1.0", "--heatmap-source", "stored"))
