@@ -62,7 +62,7 @@ class _SpotFinder:
         w = np.asarray(x, np.float64).sum(-1)
         s = w.shape[1]
         centres = (np.arange(s) + 0.5) / s
-        tot = w.sum((1, 2))
+        tot = np.maximum(w.sum((1, 2)), 1e-12)  # a padded, all-black batch row has no centroid
         xy = np.stack([(w.sum(1) * centres).sum(1) / tot, (w.sum(2) * centres).sum(1) / tot], -1)[:, None]
         return {"heatmaps": render(xy, np.ones(xy.shape[:2], bool), s // 2, 1.0), "coords": xy.reshape(-1, 2)}
 
