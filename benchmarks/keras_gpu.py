@@ -207,20 +207,20 @@ def infer_speed(preset: str, policy: str, *, img_size: int = 128, k: int = 11, i
 # -- accuracy ------------------------------------------------------------------------------------
 def predict_keypoints(model, x, tta: str = "none", batch: int = 64):
     """Model-input-pixel keypoints of ``use_vis.py``'s default decoder (arg-max + Newton step)."""
-    from pipeline.heatmaps import decode_peak
+    from pipeline.infer import decode
     from pipeline.tta import merge_outputs, turned_inputs
 
-    maps = []
+    xy, conf = [], []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
         n = len(xb)
         if n < batch:  # one batch shape: no recompilation for the last, shorter batch
             xb = np.concatenate([xb, np.zeros((batch - n,) + xb.shape[1:], xb.dtype)])
         out = model.predict_on_batch(turned_inputs(xb, tta))
-        out = merge_outputs({k: np.asarray(v) for k, v in out.items()}, tta)
-        maps.append(out["heatmaps"][:n])
-    xy, conf = decode_peak(np.concatenate(maps), refine=True)
-    return xy, conf
+        bxy, bconf = decode(merge_outputs({k: np.asarray(v) for k, v in out.items()}, tta), "peak")
+        xy.append(bxy[:n])
+        conf.append(bconf[:n])
+    return np.concatenate(xy), np.concatenate(conf)
 
 
 def score(model, data: dict, tta: str = "none") -> dict:

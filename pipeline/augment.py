@@ -121,9 +121,8 @@ def warp_affine(images, coords, visible, ang, scale, sx, sy):
     images (zero outside the source), the moved coordinates, and the visibility, cleared for
     keypoints that leave ``[0, 1)``; coordinates are -1 where not visible (the dataset convention).
     """
-    s = tf.cast(tf.shape(images)[1], tf.float32)
     cos, sin = tf.cos(ang), tf.sin(ang)
-    # forward, normalised: p' = 0.5 + scale * R (p - 0.5) + shift
+    # forward, normalised: p' = 0.5 + scale * R (p - 0.5) + shift (Geometry.rotate is its NumPy twin)
     d = coords - 0.5
     fx = 0.5 + scale[:, None] * (cos[:, None] * d[..., 0] - sin[:, None] * d[..., 1]) + sx[:, None]
     fy = 0.5 + scale[:, None] * (sin[:, None] * d[..., 0] + cos[:, None] * d[..., 1]) + sy[:, None]
@@ -131,6 +130,17 @@ def warp_affine(images, coords, visible, ang, scale, sx, sy):
     inside = tf.reduce_all((moved >= 0.0) & (moved < 1.0), axis=-1)
     new_vis = tf.logical_and(visible, inside)
     new_coords = tf.where(new_vis[..., None], moved, -1.0)
+    return warp_images(images, ang, scale, sx, sy), new_coords, new_vis
+
+
+def warp_images(images, ang, scale, sx, sy):
+    """The image part of :func:`warp_affine`: (B, S, S, C) float32, bilinear, zero outside the source.
+
+    Works on any square grid whose pixels tile ``[0, 1)`` (model input, heatmaps) with the same
+    normalised parameters.
+    """
+    s = tf.cast(tf.shape(images)[1], tf.float32)
+    cos, sin = tf.cos(ang), tf.sin(ang)
     # inverse, in pixel-centre index coordinates (p = idx + 0.5), as ImageProjectiveTransformV3 wants:
     # idx_in = A idx_out + b with A = R(-ang) / scale and b = (c - 0.5) - A (c + shift * S - 0.5), c = S / 2
     inv = 1.0 / scale
@@ -145,7 +155,16 @@ def warp_affine(images, coords, visible, ang, scale, sx, sy):
         images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
         interpolation="BILINEAR", fill_mode="CONSTANT")
     warped.set_shape(images.shape)
-    return warped, new_coords, new_vis
+    return warped
+
+
+def rotate_images(images, deg: float):
+    """Every image of a (B, S, S, C) batch rotated by ``deg`` degrees about its centre (see
+    :meth:`pipeline.geometry.Geometry.rotate`), resampled bilinearly, zero outside the source."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    b = tf.shape(images)[0]
+    zero = tf.zeros([b])
+    return warp_images(images, tf.fill([b], math.radians(deg)), tf.ones([b]), zero, zero)
 
 
 def random_affine(images, coords, visible, cfg: AugmentConfig):

@@ -127,6 +127,21 @@ class Geometry:
         return np.stack([x, y], axis=-1)
 
     @staticmethod
+    def rotate(xy, deg: float) -> np.ndarray:
+        """Normalised (..., 2) (x, y) of a point after the image turns by ``deg`` degrees about its centre.
+
+        ``p' = 0.5 + R(deg) (p - 0.5)``; with y down a positive angle turns clockwise on screen. This is
+        the convention of :func:`pipeline.augment.warp_affine`; ``rotate(xy, -90 * k) == rot90(xy, k)``,
+        and multiples of 90 degrees are computed exactly that way.
+        """
+        if float(deg) % 90.0 == 0.0:
+            return Geometry.rot90(xy, -int(round(float(deg) / 90.0)))
+        xy = np.asarray(xy, dtype=np.float64)
+        a = np.radians(deg)
+        dx, dy = xy[..., 0] - 0.5, xy[..., 1] - 0.5
+        return np.stack([0.5 + np.cos(a) * dx - np.sin(a) * dy, 0.5 + np.sin(a) * dx + np.cos(a) * dy], axis=-1)
+
+    @staticmethod
     def inside(xy) -> np.ndarray:
         """True where normalised (..., 2) coordinates fall inside the crop ``[0, 1)``."""
         xy = np.asarray(xy)

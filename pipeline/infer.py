@@ -25,7 +25,7 @@ from pipeline import annotations as ann
 from pipeline.geometry import Geometry
 from pipeline.heatmaps import decode_peak
 from pipeline.images import IMAGE_SUFFIXES, ImageError, list_images, load_model_input
-from pipeline.tta import TURNS, merge_outputs, turned_inputs
+from pipeline.tta import merge_outputs, tta_angles, turned_inputs
 
 DECODERS = ("peak", "softargmax")
 
@@ -220,11 +220,15 @@ class Predictions:
 
 
 def decode(outputs: dict, decoder: str) -> tuple[np.ndarray, np.ndarray]:
-    """Model outputs -> (xy (B, K, 2) normalised, confidence (B, K) heatmap peak)."""
+    """Model outputs -> (xy (B, K, 2) normalised, confidence (B, K) heatmap peak).
+
+    ``peak_xy``, where test-time augmentation left it (:func:`pipeline.tta.merge_outputs`), replaces
+    the peak decoded from the averaged heatmaps.
+    """
     h = np.asarray(outputs["heatmaps"], np.float32)
     xy_peak, conf = decode_peak(h, refine=True)
     if decoder == "peak":
-        return xy_peak, conf
+        return (outputs["peak_xy"] if "peak_xy" in outputs else xy_peak), conf
     if decoder == "softargmax":
         c = np.asarray(outputs["coords"], np.float64)
         return c.reshape(c.shape[0], -1, 2), conf
@@ -235,14 +239,16 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
                   keep: int = 0, progress: bool = True, tta: str = "none") -> Predictions:
     """Run ``model`` over image files in batches; see :class:`Predictions`.
 
-    ``tta``: ``none``, or ``rot4`` (see :mod:`pipeline.tta`; the model then sees 4x the images).
+    ``tta``: ``none``, or ``rotN`` (see :mod:`pipeline.tta`; the model then sees N times the images).
     """
     from tqdm.auto import tqdm
 
     if decoder not in DECODERS:
         raise InferError(f"Unknown decoder {decoder!r}; choose one of {DECODERS}.")
-    if tta not in TURNS:
-        raise InferError(f"Unknown test-time augmentation {tta!r}; choose one of {tuple(TURNS)}.")
+    try:
+        tta_angles(tta)
+    except ValueError as e:
+        raise InferError(f"Unknown test-time augmentation: {e}") from None
     n = len(files)
     ds, errors = (single_batch(files, geometry) if n <= min(batch_size, 4) else
                   image_dataset(files, geometry, batch_size))

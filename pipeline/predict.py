@@ -35,7 +35,7 @@ from pipeline.fold import fold_batchnorm
 from pipeline.geometry import Geometry
 from pipeline.images import ImageError, open_image
 from pipeline.infer import DECODERS, InferError, collect_inputs, ground_truth, predict_files
-from pipeline.tta import TTA_MODES, resolve_tta
+from pipeline.tta import check_tta, resolve_tta
 
 MANAGED = ("predictions.json", "predictions.csv", "evaluation_summary.json", "evaluation_summary.txt",
            "pck_curve.png", "error_histogram.png", "overlays", "heatmaps", "original_overlays")
@@ -61,10 +61,10 @@ class InferConfig:
                        "else all; val; all.", default="auto", meta={"choices": ("auto", "val", "all")})
     decoder: str = _help("peak: heatmap arg-max with log-quadratic sub-pixel refinement; softargmax: the "
                          "model's coords output.", default="peak", meta={"choices": DECODERS})
-    tta: str = _help("Test-time augmentation: rot4 averages the predictions on the four quarter turns of each "
-                     "image (4x the model work; for models trained with full-circle rotations); auto: rot4 "
-                     "when the model's training config drew full-circle rotations, else none.", default="auto",
-                     meta={"choices": TTA_MODES})
+    tta: str = _help("Test-time augmentation: rotN averages the predictions on N evenly spaced in-plane turns "
+                     "of each image (N a multiple of 4: rot4, rot8, rot12, ...; N times the model work; for "
+                     "models trained with rotations); auto: rot8 when the model's training config drew "
+                     "full-circle rotations, rot4 when it drew quarter turns only, else none.", default="auto")
     vis_threshold: float = _help("A keypoint is predicted visible when its heatmap peak >= this (focal-loss "
                                  "heatmaps peak below 1; the summary reports the best-F1 threshold).", default=0.2)
     visualize: str = _help("Figures for the first N images, or 'all'.", default="16")
@@ -78,8 +78,7 @@ class InferConfig:
             raise ValueError(f"batch_size must be positive. Received: batch_size={self.batch_size}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}. Received: decoder={self.decoder!r}")
-        if self.tta not in TTA_MODES:
-            raise ValueError(f"tta must be one of {TTA_MODES}. Received: tta={self.tta!r}")
+        check_tta(self.tta)
         if self.split not in ("auto", "val", "all"):
             raise ValueError(f"split must be auto, val or all. Received: split={self.split!r}")
         if not 0.0 <= self.vis_threshold <= 1.0:
