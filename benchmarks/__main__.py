@@ -113,8 +113,9 @@ def table(results: dict) -> str:
         o, nv = i["pipeline"], i["naive"]
         lines.append(f"| inference e2e b32 images/s | {o['e2e_b32_images_per_s']:.1f} | {nv['e2e_images_per_s']:.1f} "
                      f"| {i['speedup_b32']:.1f}x |")
-        if "e2e_b32_rot4_images_per_s" in o:
-            lines.append(f"| inference e2e b32 images/s, --tta rot4 | {o['e2e_b32_rot4_images_per_s']:.1f} | | |")
+        for mode in ("rot4", "rot8"):
+            if f"e2e_b32_{mode}_images_per_s" in o:
+                lines.append(f"| inference e2e b32 images/s, --tta {mode} | {o[f'e2e_b32_{mode}_images_per_s']:.1f} | | |")
         lines.append(f"| inference e2e b1 latency median / p95 ms | {o['e2e_b1_latency_ms_median']:.0f} / "
                      f"{o['e2e_b1_latency_ms_p95']:.0f} | {nv['e2e_b1_latency_ms_median']:.0f} / "
                      f"{nv['e2e_b1_latency_ms_p95']:.0f} | |")
