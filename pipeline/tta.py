@@ -53,7 +53,7 @@ def resolve_tta(mode: str, train: dict | None) -> str:
 
     ``train``: the ``train`` section of a model sidecar (a TrainConfig dict), or None when unknown.
     On the built-in accuracy benchmark rot8 cut the held-out mean error by a further 5-7 % over rot4
-    at twice the model work; rot12 to rot36 gained less again (see the README).
+    at twice the model work; rot12 and rot16 gained less again (see the README).
     """
     if check_tta(mode) != "auto":
         return mode
