@@ -36,6 +36,7 @@ def main(argv=None):
         raise SystemExit(2) from None
     print(f"Wrote {report.x_path} and {report.y_path}: {report.samples} samples, K={report.num_keypoints}, "
           f"{report.seconds:.1f} s ({report.images_per_second:.1f} images/s).")
+    print(f"Object and camera for pose refinement: {report.camera_note}")
     if report.images_without_json:
         print(f"{len(report.images_without_json)} image(s) without annotation (not used for training), "
               f"e.g. {report.images_without_json[0]}")

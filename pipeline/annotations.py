@@ -44,12 +44,14 @@ class MeshInfo:
 
 @dataclass
 class Annotation:
-    """One image's labels: (K, 2) original pixels (NaN where absent) and (K,) visibility."""
+    """One image's labels: (K, 2) original pixels (NaN where absent), (K,) visibility, and (K, 3) the
+    vertices' 3D ``coordinates`` in the annotation's frame (NaN where absent; used for calibration)."""
 
     stem: str
     pixels: np.ndarray
     visible: np.ndarray
     path: str = ""
+    points: np.ndarray | None = None
 
 
 def _read_json(path: Path):
@@ -139,6 +141,20 @@ def _pixel(entry, key: str, path: Path):
     return u, v
 
 
+def _point(entry, key: str, path: Path):
+    xyz = entry.get("coordinates")
+    if xyz is None:
+        return None
+    try:
+        p = [float(c) for c in xyz]
+    except (TypeError, ValueError):
+        raise AnnotationError(f"{path}: '{key}' index {entry['index']}: non-numeric coordinates {xyz!r}.") from None
+    if len(p) != 3 or not all(math.isfinite(c) for c in p):
+        raise AnnotationError(f"{path}: '{key}' index {entry['index']}: coordinates must be 3 finite numbers "
+                              f"[x, y, z]. Received: {xyz!r}")
+    return p
+
+
 def parse_annotation(path, num_keypoints: int) -> Annotation:
     """Read one annotation JSON into (K, 2) pixels and (K,) visibility, validating every entry."""
     path = Path(path)
@@ -150,6 +166,7 @@ def parse_annotation(path, num_keypoints: int) -> Annotation:
     k = num_keypoints
     pixels = np.full((k, 2), np.nan)
     visible = np.zeros(k, dtype=bool)
+    points = np.full((k, 3), np.nan)
     seen = set()
     for key, is_visible in (("visible_vertices", True), ("non_visible_vertices", False)):
         for entry in _entries(data, key, path):
@@ -162,8 +179,11 @@ def parse_annotation(path, num_keypoints: int) -> Annotation:
                 raise AnnotationError(f"{path}: visible vertex {i} has no pixel_coordinates.")
             if uv is not None:
                 pixels[i] = uv
+            xyz = _point(entry, key, path)
+            if xyz is not None:
+                points[i] = xyz
             visible[i] = is_visible
-    return Annotation(stem=path.stem, pixels=pixels, visible=visible, path=str(path))
+    return Annotation(stem=path.stem, pixels=pixels, visible=visible, path=str(path), points=points)
 
 
 @dataclass

@@ -205,7 +205,8 @@ def format_summary(s: dict) -> str:
         return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{nd}f}"
 
     lines = [
-        f"Evaluation ({s.get('split', '?')} split, decoder {s.get('decoder', '?')}): "
+        f"Evaluation ({s.get('split', '?')} split, decoder {s.get('decoder', '?')}, refinement "
+        f"{s.get('refine', 'none')}): "
         f"{s['samples_with_gt']} annotated of {s['processed_samples']} images, "
         f"{s['visible_keypoints_count']} GT-visible keypoints",
         f"{'metric':<22}{'model px (' + str(s['img_size_px']) + ')':>16}{'original px':>14}",
@@ -224,6 +225,11 @@ def format_summary(s: dict) -> str:
     sweep = s.get("visibility_threshold_sweep", {})
     lines.append(f"visibility @ conf >= {s['vis_threshold']}: precision {f(v['precision'])}, recall "
                  f"{f(v['recall'])}, F1 {f(v['f1'])} (best-F1 threshold: {sweep.get('best_threshold')})")
+    d = s.get("detections_before_refinement")
+    if d:
+        lines.append(f"pose refinement on {s.get('pose_refined_images')} images; the detections before it: mean "
+                     f"{f(d['euclidean_mean'])}, median {f(d['euclidean_median'])}, P95 {f(d['euclidean_p95'])} px, "
+                     f"PCK @ 2 px {f(d['pck_percent'][_key(2)], 2)} %")
     if s.get("skipped_files"):
         lines.append(f"skipped {len(s['skipped_files'])} unreadable file(s); listed in evaluation_summary.json")
     return "\n".join(lines)

@@ -40,6 +40,7 @@ from pipeline.tta import check_tta, resolve_tta
 MANAGED = ("predictions.json", "predictions.csv", "evaluation_summary.json", "evaluation_summary.txt",
            "pck_curve.png", "error_histogram.png", "overlays", "heatmaps", "original_overlays")
 DEFAULT_MODEL = "visible_keypoints_model.keras"
+REFINES = ("auto", "pose", "none")
 
 
 def _help(text: str, meta=None, **kw):
@@ -65,6 +66,11 @@ class InferConfig:
                      "of each image (N a multiple of 4: rot4, rot8, rot12, ...; N times the model work; for "
                      "models trained with rotations); auto: rot8 when the model's training config drew "
                      "full-circle rotations, rot4 when it drew quarter turns only, else none.", default="auto")
+    refine: str = _help("pose: replace the detections by the projections of the object's vertices under the pose "
+                        "fitted (RANSAC) to the confident ones, using the object and camera calibrated from the "
+                        "training annotations; none: the detections as they are; auto: pose when a calibration "
+                        "exists (the model's sidecar, else the training data's annotations), else none.",
+                        default="auto", meta={"choices": REFINES})
     vis_threshold: float = _help("A keypoint is predicted visible when its heatmap peak >= this (focal-loss "
                                  "heatmaps peak below 1; the summary reports the best-F1 threshold).", default=0.2)
     visualize: str = _help("Figures for the first N images, or 'all'.", default="16")
@@ -79,6 +85,8 @@ class InferConfig:
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}. Received: decoder={self.decoder!r}")
         check_tta(self.tta)
+        if self.refine not in REFINES:
+            raise ValueError(f"refine must be one of {REFINES}. Received: refine={self.refine!r}")
         if self.split not in ("auto", "val", "all"):
             raise ValueError(f"split must be auto, val or all. Received: split={self.split!r}")
         if not 0.0 <= self.vis_threshold <= 1.0:
@@ -125,6 +133,31 @@ def load_model_and_geometry(path: Path):
         raise InferError(f"{path}: the model takes {s_in} px inputs but its sidecar's preprocessing says "
                          f"img_size={geometry.input_size}. The sidecar belongs to another model; re-save it.")
     return fold_batchnorm(model), meta, geometry, k
+
+
+def object_camera(meta: dict, refine: str, k: int, geometry: Geometry):
+    """(ObjectCamera or None, one-line note) for ``--refine``: the sidecar's calibration; for models saved
+    before calibrations were stored, one fitted now to the training data's annotations."""
+    from pipeline.pose import ObjectCamera, calibrate_dataset
+
+    if refine == "none":
+        return None, "off (--refine none)"
+    pre = meta.get("preprocess") or {}
+    if "object_camera" in pre:
+        cam = ObjectCamera.from_dict(pre["object_camera"]) if pre["object_camera"] else None
+        note = pre.get("object_camera_note", "")
+    else:
+        root = pre.get("data_dir_abs") or pre.get("data_dir") or ""
+        if not root or not Path(root).is_dir():
+            cam, note = None, "the model's sidecar holds no calibration and its training data is not at hand"
+        else:
+            cam, note = calibrate_dataset(root, k, geometry)
+            note = f"from the training annotations in {root}: {note}"
+    if cam is not None and len(cam.vertices) != k:
+        cam, note = None, f"the calibration has {len(cam.vertices)} vertices, the model {k} keypoints"
+    if cam is None and refine == "pose":
+        raise InferError(f"--refine pose: no object/camera calibration ({note}). Pass --refine none or auto.")
+    return cam, (f"pose ({note})" if cam is not None else f"none ({note})")
 
 
 def select_split(samples, roots, meta: dict, split: str) -> tuple[list, str, str]:
@@ -192,6 +225,8 @@ def _rows(samples, keep, r: dict):
                 "x_input": r["pred_in"][i, k, 0], "y_input": r["pred_in"][i, k, 1],
                 "confidence": r["conf"][i, k], "pred_visible": bool(r["pred_vis"][i, k]),
             }
+            if r["pose"][i] is not None:  # the network's own detection, before pose refinement
+                rec.update({"x_orig_detected": r["det_orig"][i, k, 0], "y_orig_detected": r["det_orig"][i, k, 1]})
             if r["has_gt"][i]:
                 rec.update({
                     "gt_x_orig": r["gt_orig"][i, k, 0], "gt_y_orig": r["gt_orig"][i, k, 1],
@@ -205,11 +240,13 @@ def _rows(samples, keep, r: dict):
             rows.append({"stem": s.stem, "image": str(s.image), **rec})
         images.append({"stem": s.stem, "image": str(s.image),
                        "annotation": str(s.annotation) if s.annotation else None,
-                       "orig_size": r["sizes"][i], "crop_box_orig": r["boxes"][i], "keypoints": kps})
+                       "orig_size": r["sizes"][i], "crop_box_orig": r["boxes"][i],
+                       **({"pose": r["pose"][i]} if r["pose"][i] is not None else {}), "keypoints": kps})
     return images, rows
 
 
 CSV_FIELDS = ["stem", "image", "index", "x_orig", "y_orig", "x_input", "y_input", "confidence", "pred_visible",
+              "x_orig_detected", "y_orig_detected",
               "gt_x_orig", "gt_y_orig", "gt_x_input", "gt_y_input", "gt_visible", "gt_visible_in_annotation",
               "error_input_px"]
 
@@ -290,8 +327,10 @@ def run(cfg: InferConfig) -> dict:
         samples = samples[: cfg.limit]
     _unique_stems(samples)
     tta = resolve_tta(cfg.tta, meta.get("train"))
+    cam, refine_note = object_camera(meta, cfg.refine, k, geometry)
+    refine = "pose" if cam is not None else "none"
     print(f"model {model_path} (K={k}, input {geometry.input_size} px); {len(samples)} images; {note}; "
-          f"test-time augmentation: {tta}")
+          f"test-time augmentation: {tta}; refinement: {refine_note}")
 
     n_fig = cfg.num_figures(len(samples))
     preds = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
@@ -307,8 +346,21 @@ def run(cfg: InferConfig) -> dict:
         gt_vis = np.zeros(preds.xy.shape[:2], bool)
     has_gt &= preds.ok
     safe = np.where(sizes > 0, sizes, 1)
+    detected = geometry.from_normalised(preds.xy, safe)
+    pose_info = [None] * len(samples)
+    xy = preds.xy
+    if cam is not None:
+        from pipeline.pose import refine_keypoints
+
+        refined, info = refine_keypoints(cam, detected[preds.ok], preds.confidence[preds.ok], sizes[preds.ok],
+                                         cfg.vis_threshold, geometry.input_px_scale)
+        xy = preds.xy.copy()
+        xy[preds.ok] = geometry.to_normalised(refined, safe[preds.ok])
+        for j, i in enumerate(np.flatnonzero(preds.ok)):
+            pose_info[i] = info[j]
     r = {
-        "pred_in": geometry.to_input(preds.xy), "pred_orig": geometry.from_normalised(preds.xy, safe),
+        "pred_in": geometry.to_input(xy), "pred_orig": geometry.from_normalised(xy, safe),
+        "det_orig": detected, "det_in": geometry.to_input(preds.xy), "pose": pose_info,
         "conf": preds.confidence, "pred_vis": preds.confidence >= cfg.vis_threshold,
         "gt_in": gt_in, "gt_orig": gt_orig, "gt_vis": gt_vis & has_gt[:, None], "has_gt": has_gt,
         "sizes": sizes, "boxes": geometry.crop_box(safe),
@@ -321,7 +373,8 @@ def run(cfg: InferConfig) -> dict:
     tmp.mkdir()
     try:
         images, rows = _rows(samples, preds.ok, r)
-        header = {"model": str(model_path), "decoder": cfg.decoder, "tta": tta, "vis_threshold": cfg.vis_threshold,
+        header = {"model": str(model_path), "decoder": cfg.decoder, "tta": tta, "refine": refine,
+                  "refine_note": refine_note, "vis_threshold": cfg.vis_threshold,
                   "num_keypoints": k, "geometry": asdict(geometry), "split": split, "inputs": inputs,
                   "spaces": {"orig": "original-image pixels, corner origin, pixel i centred at i+0.5",
                              "input": f"model-input pixels ({geometry.input_size} px crop)"},
@@ -331,9 +384,16 @@ def run(cfg: InferConfig) -> dict:
         _figures(tmp, samples, r, preds, cfg, found.edges if len(found.edges) else None, cfg.progress)
         summary = {}
         if has_gt.any():
-            extra = {"decoder": cfg.decoder, "tta": tta, "model": str(model_path), "data_dir": [str(p) for p in found.dataset_roots],
+            extra = {"decoder": cfg.decoder, "tta": tta, "refine": refine, "model": str(model_path), "data_dir": [str(p) for p in found.dataset_roots],
                      "inputs": inputs, "split": split, "split_note": note, "skipped_files": skipped,
                      "num_keypoints": k}
+            if cam is not None:
+                refined_imgs = [p for p, ok in zip(pose_info, has_gt) if ok and p is not None]
+                det = ev.space_metrics(r["det_in"], gt_in, r["gt_vis"])
+                extra["pose_refined_images"] = int(sum(p["refined"] for p in refined_imgs))
+                extra["detections_before_refinement"] = {
+                    key: det[key] for key in ("mae_dx", "mae_dy", "rmse_dx", "rmse_dy", "euclidean_mean",
+                                              "euclidean_median", "euclidean_p95", "pck_percent")}
             summary = ev.build_summary(pred_in=r["pred_in"], gt_in=gt_in, pred_orig=r["pred_orig"], gt_orig=gt_orig,
                                        gt_mask=r["gt_vis"], has_gt=has_gt, confidence=r["conf"],
                                        vis_threshold=cfg.vis_threshold, img_size=geometry.input_size,

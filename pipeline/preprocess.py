@@ -30,6 +30,7 @@ from pipeline.arrays import INDEX_FILE, X_FILE, Y_FILE, atomic_path, shard_names
 from pipeline.config import PreprocessConfig, to_dict
 from pipeline.geometry import Geometry
 from pipeline.images import ImageError, load_model_input
+from pipeline.pose import calibrate_pairs
 
 CHUNK = 256  # heatmaps rendered and written per block
 
@@ -48,6 +49,7 @@ class PreprocessReport:
     images_without_json: list = field(default_factory=list)
     json_without_image: list = field(default_factory=list)
     seconds: float = 0.0
+    camera_note: str = ""  # the object/camera calibration used for pose refinement at inference, or why none
     x_path: str = ""
     y_path: str = ""
 
@@ -144,6 +146,8 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessReport
         raise PreprocessError(_bad_message(bad))
 
     n = len(pairs)
+    cam, note = calibrate_pairs([p[1] for p in pairs], anns, geometry)
+    report.camera_note = note if cam else f"none ({note})"
     out_dir.mkdir(parents=True, exist_ok=True)
     part = _Part(
         geometry=geometry,
@@ -153,7 +157,8 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessReport
         progress=progress,
         edges=mesh.edges,
         config=to_dict(cfg) | {"num_keypoints": k, "mesh_path": str(mesh_path), "mesh_name": mesh.name,
-                               "data_dir_abs": str(data_dir.resolve())},
+                               "data_dir_abs": str(data_dir.resolve()),
+                               "object_camera": cam.to_dict() if cam else None, "object_camera_note": report.camera_note},
     )
     shards = max(1, cfg.shards)
     if shards > n:

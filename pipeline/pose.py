@@ -1,0 +1,292 @@
+"""The rigid object and its camera: calibration from the annotations, and pose-consistent keypoints.
+
+The keypoints are vertices of one rigid object seen through one pinhole camera, so in every image
+they are the projection of the same 3D points under some pose (rotation, translation): 6 numbers
+explain all K positions. The network places most keypoints to a fraction of a pixel but sometimes
+puts one on a neighbouring vertex. Fitting the pose robustly to the confident detections (RANSAC,
+then least squares on the inliers) and projecting the vertices back replaces such outliers, and
+averages the noise of the rest over all inliers.
+
+What this needs is read from the training annotations during preprocessing: the vertices' 3D
+``coordinates`` (any rigid copy: each annotation lists them in its own posed frame) and their
+``pixel_coordinates``. A direct linear transform per image gives a 3x4 camera matrix whose RQ
+factors give the intrinsics; their median over the images is the camera. The calibration is kept
+only if every image's points are re-projected to within ``CALIBRATION_TOLERANCE`` model-input px
+by that camera and one pose: otherwise (lens distortion, several cameras or objects, a non-rigid
+object, inexact labels) no refinement is offered, and the preprocessing log says why.
+
+Pixel positions are original-image pixels in the convention of :mod:`pipeline.geometry`; OpenCV's
+projection uses the same one (pixel i centred at i + 0.5 when the principal point is in those units,
+which it is, since it is fitted to them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_POINTS = 6              # per image for the calibration's DLT (11 unknowns, 2 equations a point)
+MIN_INLIERS = 5             # per image for a pose fit at inference (6 unknowns, one point to spare)
+CALIBRATION_IMAGES = 400    # annotations the calibration reads, spread evenly over the dataset
+CALIBRATION_TOLERANCE = 0.25  # model-input px: largest accepted re-projection RMS of any image
+INLIER_TOLERANCE = 2.0      # model-input px: a detection within this of the fitted pose is an inlier
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as e:  # pragma: no cover - a dependency in requirements.txt
+        raise ImportError("Pose refinement needs OpenCV: pip install opencv-python-headless "
+                          "(listed in requirements.txt), or pass --refine none.") from e
+    return cv2
+
+
+@dataclass
+class ObjectCamera:
+    """The object's vertices (K, 3) in one rigid frame and the pinhole camera (3, 3) of images of one size."""
+
+    vertices: np.ndarray
+    intrinsics: np.ndarray
+    image_size: tuple[int, int]
+    rms_input_px: float  # worst per-image calibration re-projection RMS, model-input px
+    images: int
+
+    def to_dict(self) -> dict:
+        return {"vertices": np.asarray(self.vertices).tolist(), "intrinsics": np.asarray(self.intrinsics).tolist(),
+                "image_size": [int(s) for s in self.image_size], "rms_input_px": float(self.rms_input_px),
+                "images": int(self.images)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ObjectCamera":
+        return cls(vertices=np.asarray(d["vertices"], np.float64).reshape(-1, 3),
+                   intrinsics=np.asarray(d["intrinsics"], np.float64).reshape(3, 3),
+                   image_size=(int(d["image_size"][0]), int(d["image_size"][1])),
+                   rms_input_px=float(d["rms_input_px"]), images=int(d["images"]))
+
+
+# -- calibration ---------------------------------------------------------------------------------
+def _normaliser(p: np.ndarray) -> np.ndarray:
+    """Similarity (homogeneous) that centres points and scales their mean distance to sqrt(dim)."""
+    d = p.shape[1]
+    c = p.mean(0)
+    s = np.sqrt(d) / max(np.linalg.norm(p - c, axis=1).mean(), 1e-12)
+    t = np.eye(d + 1)
+    t[:d, :d] *= s
+    t[:d, d] = -s * c
+    return t
+
+
+def dlt_camera(points: np.ndarray, pixels: np.ndarray) -> np.ndarray | None:
+    """3x4 camera matrix from >= 6 (3D, 2D) pairs by the normalised direct linear transform, None if degenerate."""
+    t3, t2 = _normaliser(points), _normaliser(pixels)
+    x = (t3 @ np.c_[points, np.ones(len(points))].T).T
+    u = (t2 @ np.c_[pixels, np.ones(len(pixels))].T).T
+    rows = []
+    for xi, (ui, vi, _) in zip(x, u):
+        rows.append(np.r_[xi, np.zeros(4), -ui * xi])
+        rows.append(np.r_[np.zeros(4), xi, -vi * xi])
+    _, s, vt = np.linalg.svd(np.asarray(rows))
+    if s[-2] < 1e-9 * s[0]:  # rank < 11: coplanar or collinear points fix no camera
+        return None
+    p = np.linalg.inv(t2) @ vt[-1].reshape(3, 4) @ t3
+    return p
+
+
+def intrinsics_of(p: np.ndarray) -> np.ndarray:
+    """Upper-triangular K (K[2, 2] = 1, positive diagonal) of a camera matrix P = K [R | t], by RQ."""
+    flip = np.flipud(np.eye(3))
+    q, r = np.linalg.qr((flip @ p[:, :3]).T)
+    k = flip @ r.T @ flip
+    k = k @ np.diag(np.sign(np.diag(k)))
+    return k / k[2, 2]
+
+
+def _posed_points(pixels: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return np.isfinite(pixels).all(1) & np.isfinite(points).all(1)
+
+
+def calibrate(points: list, pixels: list, sizes: list, px_per_input_px) -> tuple[ObjectCamera | None, str]:
+    """Fit the object's vertices and the camera to annotated images.
+
+    Args:
+        points: per image (K, 3) vertex coordinates (NaN where the annotation lists none).
+        pixels: per image (K, 2) pixel coordinates of every vertex that has them, visible or not (NaN
+            elsewhere).
+        sizes: per image original (W, H).
+        px_per_input_px: callable (W, H) -> original px per model-input px, to judge residuals in the
+            space the accuracy is measured in.
+    Returns:
+        (ObjectCamera, note) or (None, why not), the note one line for the log.
+    """
+    try:
+        _cv2()
+    except ImportError as e:
+        return None, str(e)
+    if not points:
+        return None, "no annotations"
+    full = [i for i, p in enumerate(points) if np.isfinite(p).all()]
+    if not full:
+        return None, "no annotation lists 3D coordinates for every vertex"
+    vertices = np.asarray(points[full[0]], np.float64)
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    size = max(set(sizes), key=sizes.count)
+    cams, used = [], []
+    for i, s in enumerate(sizes):
+        m = _posed_points(pixels[i], points[i])
+        if s != size or m.sum() < MIN_POINTS:
+            continue
+        p = dlt_camera(np.asarray(points[i], np.float64)[m], np.asarray(pixels[i], np.float64)[m])
+        if p is not None:
+            cams.append(intrinsics_of(p))
+            used.append(i)
+    if len(cams) < 3:
+        return None, (f"fewer than 3 annotations of {size[0]}x{size[1]} images have {MIN_POINTS} or more "
+                      "vertices with both 3D and pixel coordinates in general position")
+    k = np.median(np.stack(cams), axis=0)
+    if abs(k[0, 1]) > 1e-3 * k[0, 0] or k[0, 0] <= 0 or k[1, 1] <= 0:
+        return None, f"the fitted camera is not a plain pinhole (fx {k[0, 0]:.1f}, fy {k[1, 1]:.1f}, skew {k[0, 1]:.3g})"
+    k[0, 1] = 0.0
+    scale = float(np.mean(px_per_input_px(size)))
+    worst = 0.0
+    for i in used:
+        m = _posed_points(pixels[i], vertices)
+        fit = fit_pose(vertices[m], np.asarray(pixels[i], np.float64)[m], k, tolerance=np.inf)
+        if fit is None:
+            return None, f"no pose fits annotation {i} with the fitted camera"
+        worst = max(worst, fit.rms / scale)
+        if worst > CALIBRATION_TOLERANCE:
+            return None, (f"one rigid object under one pinhole camera leaves {worst:.2f} model-input px of "
+                          f"re-projection error on annotation {i} (tolerance {CALIBRATION_TOLERANCE}): lens "
+                          "distortion, several cameras or objects, a non-rigid object or inexact labels")
+    cam = ObjectCamera(vertices=vertices, intrinsics=k, image_size=size, rms_input_px=worst, images=len(used))
+    return cam, (f"fitted on {len(used)} {size[0]}x{size[1]} annotations: fx {k[0, 0]:.1f}, fy {k[1, 1]:.1f}, "
+                 f"principal point ({k[0, 2]:.1f}, {k[1, 2]:.1f}) px; worst re-projection RMS {worst:.2g} "
+                 "model-input px")
+
+
+# -- pose fitting --------------------------------------------------------------------------------
+@dataclass
+class PoseFit:
+    """A fitted pose: Rodrigues rotation, translation, the indices it was fitted to, RMS residual (px)."""
+
+    rvec: np.ndarray
+    tvec: np.ndarray
+    inliers: np.ndarray
+    rms: float
+
+
+def fit_pose(vertices: np.ndarray, xy: np.ndarray, intrinsics: np.ndarray, tolerance: float,
+             min_inliers: int = MIN_INLIERS) -> PoseFit | None:
+    """Pose of ``vertices`` (N, 3) that projects them onto ``xy`` (N, 2) pixels, robust to outliers.
+
+    RANSAC (seeded: the same inputs give the same pose) keeps the points within ``tolerance`` px
+    (``inf``: all points, no RANSAC); Levenberg-Marquardt then refines on them. None when fewer than
+    ``min_inliers`` agree, or the object would be behind the camera."""
+    cv2 = _cv2()
+    v = np.ascontiguousarray(vertices, np.float64)
+    x = np.ascontiguousarray(xy, np.float64)
+    if len(v) < min_inliers:
+        return None
+    if np.isinf(tolerance):
+        ok, rvec, tvec = cv2.solvePnP(v, x, intrinsics, None, flags=cv2.SOLVEPNP_SQPNP)
+        inl = np.arange(len(v))
+    else:
+        cv2.setRNGSeed(0)
+        ok, rvec, tvec, found = cv2.solvePnPRansac(v, x, intrinsics, None, iterationsCount=300,
+                                                   reprojectionError=float(tolerance), confidence=0.999,
+                                                   flags=cv2.SOLVEPNP_SQPNP)
+        inl = np.sort(found.ravel()) if ok and found is not None else np.zeros(0, int)
+    if not ok or len(inl) < min_inliers:
+        return None
+    for _ in range(2):  # refine, then re-collect the inliers under the refined pose once
+        rvec, tvec = cv2.solvePnPRefineLM(v[inl], x[inl], intrinsics, None, rvec, tvec)
+        d = np.linalg.norm(project(v, rvec, tvec, intrinsics) - x, axis=1)
+        new = np.flatnonzero(d <= tolerance) if np.isfinite(tolerance) else inl
+        if len(new) < min_inliers or np.array_equal(new, inl):
+            break
+        inl = new
+    rot = cv2.Rodrigues(rvec)[0]
+    if np.any((v @ rot.T + tvec.ravel())[:, 2] <= 0):
+        return None
+    d = np.linalg.norm(project(v[inl], rvec, tvec, intrinsics) - x[inl], axis=1)
+    return PoseFit(rvec=rvec.ravel(), tvec=tvec.ravel(), inliers=inl, rms=float(np.sqrt(np.mean(d ** 2))))
+
+
+def project(vertices: np.ndarray, rvec, tvec, intrinsics: np.ndarray) -> np.ndarray:
+    """(N, 3) vertices under pose (rvec, tvec) -> (N, 2) pixels."""
+    cv2 = _cv2()
+    out, _ = cv2.projectPoints(np.ascontiguousarray(vertices, np.float64), np.asarray(rvec, np.float64),
+                               np.asarray(tvec, np.float64), intrinsics, None)
+    return out.reshape(-1, 2)
+
+
+def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, sizes: np.ndarray,
+                     min_confidence: float, px_per_input_px) -> tuple[np.ndarray, list]:
+    """Pose-consistent keypoints for a batch of images.
+
+    Args:
+        cam: the calibration.
+        xy: (N, K, 2) detected keypoints, original pixels.
+        confidence: (N, K) heatmap peaks; detections at or above ``min_confidence`` vote for the pose.
+        sizes: (N, 2) original (W, H); images of another size than the calibration's are left as they are.
+        px_per_input_px: callable (W, H) -> original px per model-input px (scales ``INLIER_TOLERANCE``).
+    Returns:
+        (N, K, 2) keypoints: every vertex projected under the pose fitted to an image's confident
+        detections, or the detections where no pose fits; and per image a dict ``refined``, ``inliers``
+        (keypoint indices), ``rms_input_px``, ``rvec``, ``tvec`` (or ``reason``).
+    """
+    out = np.array(xy, np.float64, copy=True)
+    info = []
+    for i in range(len(out)):
+        size = tuple(int(v) for v in sizes[i])
+        if size != tuple(cam.image_size):
+            info.append({"refined": False, "reason": f"image size {size[0]}x{size[1]} is not the calibrated "
+                                                     f"{cam.image_size[0]}x{cam.image_size[1]}"})
+            continue
+        scale = float(np.mean(px_per_input_px(size)))
+        cand = np.flatnonzero((confidence[i] >= min_confidence) & np.isfinite(out[i]).all(1))
+        fit = fit_pose(cam.vertices[cand], out[i, cand], cam.intrinsics, INLIER_TOLERANCE * scale)
+        if fit is None:
+            info.append({"refined": False, "reason": f"fewer than {MIN_INLIERS} confident detections agree on a pose"})
+            continue
+        out[i] = project(cam.vertices, fit.rvec, fit.tvec, cam.intrinsics)
+        info.append({"refined": True, "inliers": cand[fit.inliers].tolist(), "rms_input_px": fit.rms / scale,
+                     "rvec": fit.rvec.tolist(), "tvec": fit.tvec.tolist()})
+    return out, info
+
+
+def calibrate_pairs(images: list, annotations: list, geometry) -> tuple[ObjectCamera | None, str]:
+    """:func:`calibrate` on up to ``CALIBRATION_IMAGES`` (image path, Annotation) pairs spread evenly
+    over the lists (None annotations and unreadable images are passed over)."""
+    from pipeline.images import ImageError, image_size
+
+    good = [i for i, a in enumerate(annotations) if a is not None and a.points is not None]
+    if len(good) > CALIBRATION_IMAGES:
+        good = [good[j] for j in np.linspace(0, len(good) - 1, CALIBRATION_IMAGES).round().astype(int)]
+    points, pixels, sizes = [], [], []
+    for i in good:
+        try:
+            sizes.append(image_size(images[i]))
+        except ImageError:
+            continue
+        points.append(annotations[i].points)
+        pixels.append(annotations[i].pixels)
+    return calibrate(points, pixels, sizes, geometry.input_px_scale)
+
+
+def calibrate_dataset(data_dir, num_keypoints: int, geometry) -> tuple[ObjectCamera | None, str]:
+    """:func:`calibrate_pairs` over a 4SP dataset folder (annotations that fail to parse are passed over)."""
+    from pipeline.annotations import AnnotationError, pair_dataset, parse_annotation
+
+    pairs = pair_dataset(data_dir).pairs
+    if len(pairs) > CALIBRATION_IMAGES:
+        pairs = [pairs[j] for j in np.linspace(0, len(pairs) - 1, CALIBRATION_IMAGES).round().astype(int)]
+    images, anns = [], []
+    for _, img, js in pairs:
+        try:
+            anns.append(parse_annotation(js, num_keypoints))
+        except AnnotationError:
+            continue
+        images.append(img)
+    return calibrate_pairs(images, anns, geometry)
