@@ -133,7 +133,8 @@ def table(results: dict) -> str:
         lines += ["", f"Accuracy (recipe {a['recipe']}: preset {a['preset']}, {a['train_count']} train / "
                       f"{a['test_count']} held-out renders, training {a['train_s'] / 60:.1f} min, "
                       f"{a.get('epochs_run', '?')} epochs; use_vis.py "
-                      f"test-time augmentation {a['summary'].get('tta', 'none')}):", "",
+                      f"test-time augmentation {a['summary'].get('tta', 'none')}, refinement "
+                      f"{a['summary'].get('refine', 'none')}):", "",
                   "| metric | value |", "| --- | --- |"]
         for tag, s in runs:
             pck = s["pck_percent"]
@@ -142,6 +143,11 @@ def table(results: dict) -> str:
                       f"| Euclidean mean / median / P95 px{tag} | {s['euclidean_mean']:.3f} / "
                       f"{s['euclidean_median']:.3f} / {s['euclidean_p95']:.3f} |",
                       f"| PCK 2 / 5 / 10 px{tag} | {pck['2']:.2f} / {pck['5']:.2f} / {pck['10']:.2f} % |"]
+            d = s.get("detections_before_refinement")
+            if d:
+                lines += [f"| before pose refinement: mean / median / P95 px, PCK 2 px{tag} | "
+                          f"{d['euclidean_mean']:.3f} / {d['euclidean_median']:.3f} / {d['euclidean_p95']:.3f}, "
+                          f"{d['pck_percent']['2']:.2f} % |"]
         lines += [f"| visible keypoints evaluated | {a['summary']['visible_keypoints_count']} |",
                   f"| time to val PCK@2px >= 95 % | {a['time_to_val_pck2_95']} (epoch, s) |"]
     return "\n".join(lines)
