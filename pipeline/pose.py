@@ -4,8 +4,8 @@ The keypoints are vertices of one rigid object seen through one pinhole camera, 
 they are the projection of the same 3D points under some pose (rotation, translation): 6 numbers
 explain all K positions. The network places most keypoints to a fraction of a pixel but sometimes
 puts one on a neighbouring vertex. Fitting the pose robustly to the confident detections (RANSAC,
-then least squares on the inliers) and projecting the vertices back replaces such outliers, and
-averages the noise of the rest over all inliers.
+least squares on its inliers, then a confidence-weighted Cauchy fit over all of them) and projecting
+the vertices back replaces such outliers, and averages the noise of the rest.
 
 What this needs is read from the training annotations during preprocessing: the vertices' 3D
 ``coordinates`` (any rigid copy: each annotation lists them in its own posed frame) and their
@@ -176,13 +176,33 @@ class PoseFit:
     rms: float
 
 
+def _robust_refine(v, x, intrinsics, rvec, tvec, weights, scale: float, iterations: int = 20):
+    """Gauss-Newton on the Cauchy loss of the re-projection residuals (scale ``scale`` px), each point's
+    term multiplied by its weight: residuals beyond a few ``scale`` count little, so points off the
+    pose pull it little, and confident points more than doubtful ones."""
+    cv2 = _cv2()
+    rvec, tvec = np.array(rvec, np.float64).reshape(3, 1), np.array(tvec, np.float64).reshape(3, 1)
+    for _ in range(iterations):
+        proj, jac = cv2.projectPoints(v, rvec, tvec, intrinsics, None)
+        r = proj.reshape(-1, 2) - x
+        w = np.repeat(weights / (1.0 + (r ** 2).sum(1) / scale ** 2), 2)
+        j = jac[:, :6]  # d(u, v) / d(rvec, tvec)
+        a = j.T @ (w[:, None] * j)
+        step = np.linalg.solve(a + 1e-9 * np.trace(a) * np.eye(6), -j.T @ (w * r.ravel()))
+        rvec, tvec = rvec + step[:3, None], tvec + step[3:, None]
+        if np.abs(step).max() < 1e-10:
+            break
+    return rvec, tvec
+
+
 def fit_pose(vertices: np.ndarray, xy: np.ndarray, intrinsics: np.ndarray, tolerance: float,
-             min_inliers: int = MIN_INLIERS) -> PoseFit | None:
+             min_inliers: int = MIN_INLIERS, weights: np.ndarray | None = None) -> PoseFit | None:
     """Pose of ``vertices`` (N, 3) that projects them onto ``xy`` (N, 2) pixels, robust to outliers.
 
     RANSAC (seeded: the same inputs give the same pose) keeps the points within ``tolerance`` px
-    (``inf``: all points, no RANSAC); Levenberg-Marquardt then refines on them. None when fewer than
-    ``min_inliers`` agree, or the object would be behind the camera."""
+    (``inf``: all points, no RANSAC); Levenberg-Marquardt then refines on them. With ``weights`` (N,),
+    a last robust fit over all points follows (:func:`_robust_refine`, Cauchy scale ``tolerance / 2``).
+    None when fewer than ``min_inliers`` agree, or the object would be behind the camera."""
     cv2 = _cv2()
     v = np.ascontiguousarray(vertices, np.float64)
     x = np.ascontiguousarray(xy, np.float64)
@@ -206,6 +226,8 @@ def fit_pose(vertices: np.ndarray, xy: np.ndarray, intrinsics: np.ndarray, toler
         if len(new) < min_inliers or np.array_equal(new, inl):
             break
         inl = new
+    if weights is not None and np.isfinite(tolerance):
+        rvec, tvec = _robust_refine(v, x, intrinsics, rvec, tvec, np.asarray(weights, np.float64), tolerance / 2)
     rot = cv2.Rodrigues(rvec)[0]
     if np.any((v @ rot.T + tvec.ravel())[:, 2] <= 0):
         return None
@@ -246,7 +268,8 @@ def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, 
             continue
         scale = float(np.mean(px_per_input_px(size)))
         cand = np.flatnonzero((confidence[i] >= min_confidence) & np.isfinite(out[i]).all(1))
-        fit = fit_pose(cam.vertices[cand], out[i, cand], cam.intrinsics, INLIER_TOLERANCE * scale)
+        fit = fit_pose(cam.vertices[cand], out[i, cand], cam.intrinsics, INLIER_TOLERANCE * scale,
+                       weights=confidence[i, cand])
         if fit is None:
             info.append({"refined": False, "reason": f"fewer than {MIN_INLIERS} confident detections agree on a pose"})
             continue

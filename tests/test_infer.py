@@ -238,7 +238,8 @@ def test_few_files_path_matches_the_tf_data_path(dataset, tiny_model, tmp_path):
 
 def test_pose_refinement_from_preprocessing_to_the_summary(tmp_path, monkeypatch, capsys):
     """Synthetic renders; preprocessing calibrates the object and camera from their annotations; the ground
-    truth fed through the CLI as the network's output, with one keypoint on another vertex, comes back exact."""
+    truth fed through the CLI as the network's output, with one keypoint on another vertex, comes back to within
+    0.01 model-input px (the robust fit still gives the far outlier a tiny weight)."""
     from pipeline.preprocess import preprocess
     from pipeline.synthetic import generate_dataset
 
@@ -264,11 +265,11 @@ def test_pose_refinement_from_preprocessing_to_the_summary(tmp_path, monkeypatch
     assert "refinement: pose (fitted on 6 1920x1080 annotations" in capsys.readouterr().out
     s = json.loads((out / "evaluation_summary.json").read_text())
     assert s["refine"] == "pose" and s["pose_refined_images"] >= 1
-    assert s["euclidean_mean"] < 1e-4 and s["detections_before_refinement"]["euclidean_mean"] > 0.1
+    assert s["euclidean_mean"] < 0.01 and s["detections_before_refinement"]["euclidean_mean"] > 0.1
     rec = json.loads((out / "predictions.json").read_text())["images"][i]
     assert rec["pose"]["refined"] and int(a) not in rec["pose"]["inliers"]
     kp = rec["keypoints"][a]
-    assert abs(kp["x_orig"] - kp["gt_x_orig"]) < 1e-3 and abs(kp["x_orig_detected"] - kp["gt_x_orig"]) > 1.0
+    assert abs(kp["x_orig"] - kp["gt_x_orig"]) < 0.1 and abs(kp["x_orig_detected"] - kp["gt_x_orig"]) > 1.0
 
     monkeypatch.setattr(predict, "load_model_and_geometry", lambda p: (_Oracle(moved, vis, 64), {"preprocess": pre},
                                                                        geometry, k))
