@@ -208,6 +208,13 @@ def fit_pose(vertices: np.ndarray, xy: np.ndarray, intrinsics: np.ndarray, toler
     x = np.ascontiguousarray(xy, np.float64)
     if len(v) < min_inliers:
         return None
+    try:
+        return _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights)
+    except (cv2.error, np.linalg.LinAlgError):  # degenerate points (e.g. all on one line): no pose
+        return None
+
+
+def _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights):
     if np.isinf(tolerance):
         ok, rvec, tvec = cv2.solvePnP(v, x, intrinsics, None, flags=cv2.SOLVEPNP_SQPNP)
         inl = np.arange(len(v))

@@ -96,3 +96,12 @@ def test_refinement_leaves_other_sizes_and_too_few_detections_alone(camera):
     np.testing.assert_array_equal(out, xy)
     assert not info[0]["refined"] and "1280x720 is not the calibrated 1920x1080" in info[0]["reason"]
     assert not info[1]["refined"] and "fewer than 5" in info[1]["reason"]
+
+
+def test_degenerate_detections_give_no_pose(camera):
+    """All candidate detections on one pixel (a collapsed prediction): no pose, no exception."""
+    xy = np.full((1, 11, 2), 700.0)
+    out, info = pose.refine_keypoints(camera, xy, np.ones((1, 11)), np.array([[1920, 1080]]), 0.2,
+                                      GEOMETRY.input_px_scale)
+    np.testing.assert_array_equal(out, xy)
+    assert not info[0]["refined"]
