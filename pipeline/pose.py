@@ -106,7 +106,8 @@ def _posed_points(pixels: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.isfinite(pixels).all(1) & np.isfinite(points).all(1)
 
 
-def calibrate(points: list, pixels: list, sizes: list, px_per_input_px) -> tuple[ObjectCamera | None, str]:
+def calibrate(points: list, pixels: list, sizes: list, px_per_input_px,
+              names: list | None = None) -> tuple[ObjectCamera | None, str]:
     """Fit the object's vertices and the camera to annotated images.
 
     Args:
@@ -116,6 +117,7 @@ def calibrate(points: list, pixels: list, sizes: list, px_per_input_px) -> tuple
         sizes: per image original (W, H).
         px_per_input_px: callable (W, H) -> original px per model-input px, to judge residuals in the
             space the accuracy is measured in.
+        names: per image, how to name it in the note (e.g. its annotation file).
     Returns:
         (ObjectCamera, note) or (None, why not), the note one line for the log.
     """
@@ -130,6 +132,7 @@ def calibrate(points: list, pixels: list, sizes: list, px_per_input_px) -> tuple
         return None, "no annotation lists 3D coordinates for every vertex"
     vertices = np.asarray(points[full[0]], np.float64)
     sizes = [tuple(int(v) for v in s) for s in sizes]
+    names = names or [f"annotation {i}" for i in range(len(points))]
     size = max(set(sizes), key=sizes.count)
     cams, used = [], []
     for i, s in enumerate(sizes):
@@ -153,11 +156,11 @@ def calibrate(points: list, pixels: list, sizes: list, px_per_input_px) -> tuple
         m = _posed_points(pixels[i], vertices)
         fit = fit_pose(vertices[m], np.asarray(pixels[i], np.float64)[m], k, tolerance=np.inf)
         if fit is None:
-            return None, f"no pose fits annotation {i} with the fitted camera"
+            return None, f"no pose fits {names[i]} with the fitted camera"
         worst = max(worst, fit.rms / scale)
         if worst > CALIBRATION_TOLERANCE:
             return None, (f"one rigid object under one pinhole camera leaves {worst:.2f} model-input px of "
-                          f"re-projection error on annotation {i} (tolerance {CALIBRATION_TOLERANCE}): lens "
+                          f"re-projection error on {names[i]} (tolerance {CALIBRATION_TOLERANCE}): lens "
                           "distortion, several cameras or objects, a non-rigid object or inexact labels")
     cam = ObjectCamera(vertices=vertices, intrinsics=k, image_size=size, rms_input_px=worst, images=len(used))
     return cam, (f"fitted on {len(used)} {size[0]}x{size[1]} annotations: fx {k[0, 0]:.1f}, fy {k[1, 1]:.1f}, "
@@ -294,7 +297,7 @@ def calibrate_pairs(images: list, annotations: list, geometry) -> tuple[ObjectCa
     good = [i for i, a in enumerate(annotations) if a is not None and a.points is not None]
     if len(good) > CALIBRATION_IMAGES:
         good = [good[j] for j in np.linspace(0, len(good) - 1, CALIBRATION_IMAGES).round().astype(int)]
-    points, pixels, sizes = [], [], []
+    points, pixels, sizes, names = [], [], [], []
     for i in good:
         try:
             sizes.append(image_size(images[i]))
@@ -302,7 +305,8 @@ def calibrate_pairs(images: list, annotations: list, geometry) -> tuple[ObjectCa
             continue
         points.append(annotations[i].points)
         pixels.append(annotations[i].pixels)
-    return calibrate(points, pixels, sizes, geometry.input_px_scale)
+        names.append(annotations[i].path or str(images[i]))
+    return calibrate(points, pixels, sizes, geometry.input_px_scale, names)
 
 
 def calibrate_dataset(data_dir, num_keypoints: int, geometry) -> tuple[ObjectCamera | None, str]:

@@ -15,11 +15,11 @@ VERTICES = builtin_mesh("spacecraft").vertices
 K_TRUE = np.array([[1500.0, 0.0, 910.5], [0.0, 1480.0, 530.25], [0.0, 0.0, 1.0]])
 
 
-def _scene(rng, k=K_TRUE, distortion=0.0):
-    """One annotation of VERTICES under a random pose: (rotated points (K, 3), pixels (K, 2), R, t)."""
+def _scene(rng, k=K_TRUE, distortion=0.0, vertices=VERTICES):
+    """One annotation of ``vertices`` under a random pose: (rotated points (K, 3), pixels (K, 2), R, t)."""
     r = quat_to_matrix(random_quaternion(rng))
     t = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.3, 0.3), rng.uniform(6.0, 12.0)])
-    p = VERTICES @ r.T
+    p = vertices @ r.T
     c = p + t
     n = c[:, :2] / c[:, 2:]
     n = n * (1 + distortion * (n ** 2).sum(1, keepdims=True))
@@ -105,3 +105,11 @@ def test_degenerate_detections_give_no_pose(camera):
                                       GEOMETRY.input_px_scale)
     np.testing.assert_array_equal(out, xy)
     assert not info[0]["refined"]
+
+
+def test_calibration_names_the_annotation_that_breaks_rigidity():
+    points, pixels, sizes = _annotations(12)
+    stretched = VERTICES * np.array([1.0, 1.0, 1.4])  # annotation 7 shows a deformed object
+    points[7], pixels[7], _, _ = _scene(np.random.default_rng(99), vertices=stretched)
+    cam, note = pose.calibrate(points, pixels, sizes, GEOMETRY.input_px_scale, [f"a{i}.json" for i in range(12)])
+    assert cam is None and "on a7.json" in note and "non-rigid object" in note
