@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -70,6 +71,7 @@ def run(work_dir: str, recipe: str = "full") -> dict:
     times["preprocess_s"] = _run([py, "preprocess_vis.py", "--data-dir", work / "train", "--out-dir", work / "arrays",
                                   "--quiet", "--sanity-grid", ""], log)
     model = work / "model.keras"
+    shutil.rmtree(work / "logs" / "bench", ignore_errors=True)  # a fresh run, not a resumed earlier one
     times["train_s"] = _run([py, "train_vis.py", "--preset", r["preset"], "--data-dir", work / "arrays",
                              "--log-dir", work / "logs", "--run-name", "bench", "--model-out", model,
                              "--verbose", "2", *r["extra"]], log)

@@ -265,6 +265,10 @@ def train(cfg: TrainConfig, extra_callbacks=()) -> dict:
 def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_start: float) -> dict:
     chief = dist.is_chief
     run_dir = Path(cfg.log_dir) / (cfg.run_name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if (run_dir / "summary.json").is_file():  # resuming is for interrupted runs; a finished one is kept as it is
+        raise ValueError(f"{run_dir} holds a finished run ({run_dir / 'summary.json'}); training again under the same "
+                         "--run-name would mix its logs and overwrite its model. Pass another --run-name (none gives "
+                         f"a timestamped folder), or delete {run_dir} to start over.")
     out_dir, model_out = (run_dir, Path(cfg.model_out)) if chief else (scratch / "run", scratch / "model.keras")
     out_dir.mkdir(parents=True, exist_ok=True)
     global_batch = global_batch_size(cfg.batch_size, cfg.batch_size_mode, dist.num_replicas)

@@ -57,6 +57,12 @@ def test_tiny_training_writes_everything_and_learns(data_dir, tmp_path):
     assert meta["preprocess"]["heat_size"] == 16
     assert np.isfinite(summary["train_images_per_second"])
 
+    # The same command again: the finished run and its model are left as they are.
+    before = (tmp_path / "model.keras").read_bytes()
+    with pytest.raises(ValueError, match="holds a finished run"):
+        train_vis.main(_args(data_dir, tmp_path, "r1", "--epochs", "4"))
+    assert (tmp_path / "model.keras").read_bytes() == before and _csv_epochs(run / "history.csv") == [0, 1, 2, 3]
+
 
 @pytest.mark.slow
 def test_interrupted_run_resumes(data_dir, tmp_path):
