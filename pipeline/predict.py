@@ -3,7 +3,9 @@
 Outputs (under ``out_dir``, default ``predictions/``)::
 
     predictions.json, predictions.csv     per image and keypoint: original and model-input pixels,
-                                          confidence, predicted visibility, ground truth when known
+                                          confidence, predicted visibility, ground truth when known;
+                                          with pose refinement also each detection before it, and
+                                          per image the fitted pose (``pipeline.pose``)
     overlays/<stem>.png                   model-input view (upscaled), prediction vs ground truth
     heatmaps/<stem>.png                   per-keypoint heatmap grid
     original_overlays/<stem>.png          original resolution with the crop box
