@@ -217,6 +217,8 @@ class Predictions:
     errors: dict
     inputs: np.ndarray
     heatmaps: np.ndarray
+    turn_xy: np.ndarray | None = None  # (N, T, K, 2) normalised: each test-time turn's own peaks
+    turn_conf: np.ndarray | None = None  # (N, T, K) their heights
 
 
 def decode(outputs: dict, decoder: str) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +254,7 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
     n = len(files)
     ds, errors = (single_batch(files, geometry) if n <= min(batch_size, 4) else
                   image_dataset(files, geometry, batch_size))
-    xy = conf = None
+    xy = conf = turn_xy = turn_conf = None
     sizes, ok = np.zeros((n, 2), np.int64), np.zeros(n, bool)
     inputs, maps = [], []
     with tqdm(total=n, unit="img", desc=f"predict ({decoder}, tta {tta})", disable=not progress) as bar:
@@ -269,6 +271,11 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
                 xy = np.full((n,) + bxy.shape[1:], np.nan)
                 conf = np.zeros((n,) + bconf.shape[1:])
             xy[idx], conf[idx] = bxy, bconf
+            if "turn_xy" in out:
+                if turn_xy is None:
+                    turn_xy = np.full((n,) + out["turn_xy"].shape[1:], np.nan)
+                    turn_conf = np.zeros((n,) + out["turn_conf"].shape[1:])
+                turn_xy[idx], turn_conf[idx] = out["turn_xy"], out["turn_conf"]
             sizes[idx], ok[idx] = size, good
             room = keep - sum(len(b) for b in inputs)
             if room > 0:
@@ -276,10 +283,13 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
                 maps.append(np.asarray(out["heatmaps"][:room], np.float16))
             bar.update(len(idx))
     xy[~ok], conf[~ok] = np.nan, 0.0
+    if turn_conf is not None:
+        turn_conf[~ok] = 0.0
     return Predictions(
         xy=xy, confidence=conf, sizes=sizes, ok=ok, errors=dict(errors),
         inputs=np.concatenate(inputs) if inputs else np.zeros((0,), np.uint8),
         heatmaps=np.concatenate(maps) if maps else np.zeros((0,), np.float16),
+        turn_xy=turn_xy, turn_conf=turn_conf,
     )
 
 

@@ -254,7 +254,7 @@ def project(vertices: np.ndarray, rvec, tvec, intrinsics: np.ndarray) -> np.ndar
 
 
 def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, sizes: np.ndarray,
-                     min_confidence: float, px_per_input_px) -> tuple[np.ndarray, list]:
+                     min_confidence: float, px_per_input_px, votes: tuple | None = None) -> tuple[np.ndarray, list]:
     """Pose-consistent keypoints for a batch of images.
 
     Args:
@@ -263,12 +263,19 @@ def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, 
         confidence: (N, K) heatmap peaks; detections at or above ``min_confidence`` vote for the pose.
         sizes: (N, 2) original (W, H); images of another size than the calibration's are left as they are.
         px_per_input_px: callable (W, H) -> original px per model-input px (scales ``INLIER_TOLERANCE``).
+        votes: optional (xy (N, M, 2) original px, confidence (N, M), vertex (M,) int): several detections
+            of each vertex (e.g. one per test-time turn) that vote for the pose in place of ``xy`` and
+            ``confidence``, which remain what an image without a pose keeps.
     Returns:
         (N, K, 2) keypoints: every vertex projected under the pose fitted to an image's confident
         detections, or the detections where no pose fits; and per image a dict ``refined``, ``inliers``
-        (keypoint indices), ``rms_input_px``, ``rvec``, ``tvec`` (or ``reason``).
+        (keypoint indices), ``votes`` (inlier detections), ``rms_input_px``, ``rvec``, ``tvec`` (or
+        ``reason``).
     """
     out = np.array(xy, np.float64, copy=True)
+    if votes is None:
+        votes = (out, confidence, np.arange(out.shape[1]))
+    vote_xy, vote_conf, vertex = (np.asarray(v) for v in votes)
     info = []
     for i in range(len(out)):
         size = tuple(int(v) for v in sizes[i])
@@ -277,17 +284,17 @@ def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, 
                                                      f"{cam.image_size[0]}x{cam.image_size[1]}"})
             continue
         scale = float(np.mean(px_per_input_px(size)))
-        cand = np.flatnonzero((confidence[i] >= min_confidence) & np.isfinite(out[i]).all(1))
-        fit = fit_pose(cam.vertices[cand], out[i, cand], cam.intrinsics, INLIER_TOLERANCE * scale,
-                       weights=confidence[i, cand])
-        if fit is None:
+        cand = np.flatnonzero((vote_conf[i] >= min_confidence) & np.isfinite(vote_xy[i]).all(1))
+        fit = fit_pose(cam.vertices[vertex[cand]], vote_xy[i, cand], cam.intrinsics, INLIER_TOLERANCE * scale,
+                       weights=vote_conf[i, cand])
+        agree = np.unique(vertex[cand[fit.inliers]]) if fit is not None else np.zeros(0, int)
+        if len(agree) < MIN_INLIERS:
             info.append({"refined": False, "reason": f"fewer than {MIN_INLIERS} confident detections agree on a pose"})
             continue
         out[i] = project(cam.vertices, fit.rvec, fit.tvec, cam.intrinsics)
-        info.append({"refined": True, "inliers": cand[fit.inliers].tolist(), "rms_input_px": fit.rms / scale,
-                     "rvec": fit.rvec.tolist(), "tvec": fit.tvec.tolist()})
+        info.append({"refined": True, "inliers": agree.tolist(), "votes": int(len(fit.inliers)),
+                     "rms_input_px": fit.rms / scale, "rvec": fit.rvec.tolist(), "tvec": fit.tvec.tolist()})
     return out, info
-
 
 def calibrate_pairs(images: list, annotations: list, geometry) -> tuple[ObjectCamera | None, str]:
     """:func:`calibrate` on up to ``CALIBRATION_IMAGES`` (image path, Annotation) pairs spread evenly

@@ -354,8 +354,13 @@ def run(cfg: InferConfig) -> dict:
     if cam is not None:
         from pipeline.pose import refine_keypoints
 
+        votes = None
+        if preds.turn_xy is not None and cfg.decoder == "peak":  # every test-time turn's peaks vote
+            n, t, kk = preds.turn_conf.shape
+            votes = (geometry.from_normalised(preds.turn_xy.reshape(n, t * kk, 2), safe)[preds.ok],
+                     preds.turn_conf.reshape(n, t * kk)[preds.ok], np.tile(np.arange(kk), t))
         refined, info = refine_keypoints(cam, detected[preds.ok], preds.confidence[preds.ok], sizes[preds.ok],
-                                         cfg.vis_threshold, geometry.input_px_scale)
+                                         cfg.vis_threshold, geometry.input_px_scale, votes)
         xy = preds.xy.copy()
         xy[preds.ok] = geometry.to_normalised(refined, safe[preds.ok])
         for j, i in enumerate(np.flatnonzero(preds.ok)):

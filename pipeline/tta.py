@@ -95,8 +95,10 @@ def merge_outputs(out: dict, mode: str) -> dict:
 
     heatmaps (T*B, Sh, Sh, K) are turned back and averaged, each pixel over the turns that covered
     it; coords (T*B, 2K) normalised are turned back and averaged. Returns float32 ``heatmaps``
-    (B, Sh, Sh, K) and ``coords`` (B, 2K), and where ``mode`` resamples, ``peak_xy`` (B, K, 2)
-    normalised: the sub-pixel peaks, free of the resampling (see the module docstring).
+    (B, Sh, Sh, K) and ``coords`` (B, 2K); with more than one turn, each turn's own sub-pixel peaks,
+    turned back, as ``turn_xy`` (B, T, K, 2) normalised with their heights ``turn_conf`` (B, T, K);
+    and where ``mode`` resamples, ``peak_xy`` (B, K, 2) normalised: the sub-pixel peaks, free of the
+    resampling (see the module docstring).
     """
     angles = tta_angles(mode)
     t = len(angles)
@@ -113,18 +115,24 @@ def merge_outputs(out: dict, mode: str) -> dict:
         xy += Geometry.rotate(c[i], -a)
     maps = (total / np.maximum(weight, 1e-6)).astype(np.float32)
     merged = {"heatmaps": maps, "coords": (xy / t).reshape(b, -1).astype(np.float32)}
-    if any(_quarter(a) is None for a in angles):
-        merged["peak_xy"] = _agreeing_peaks(h, angles, maps)
+    if t > 1:
+        from pipeline.heatmaps import decode_peak
+
+        peaks = [decode_peak(h[i]) for i in range(t)]
+        pts = np.stack([Geometry.rotate(p[0], -a) for p, a in zip(peaks, angles)])  # (T, B, K, 2)
+        merged["turn_xy"] = pts.transpose(1, 0, 2, 3)
+        merged["turn_conf"] = np.stack([p[1] for p in peaks], axis=1)
+        if any(_quarter(a) is None for a in angles):
+            merged["peak_xy"] = _agreeing_peaks(pts, maps)
     return merged
 
 
-def _agreeing_peaks(h: np.ndarray, angles, maps: np.ndarray) -> np.ndarray:
-    """Mean of the turns' own sub-pixel peaks, turned back, that lie within PEAK_RADIUS of the peak of
-    ``maps`` (that peak itself where none does). h (T, B, Sh, Sh, K); returns (B, K, 2) normalised."""
+def _agreeing_peaks(pts: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Mean of the turns' own sub-pixel peaks ``pts`` (T, B, K, 2), turned back, that lie within
+    PEAK_RADIUS of the peak of ``maps`` (that peak itself where none does); returns (B, K, 2) normalised."""
     from pipeline.heatmaps import decode_peak
 
     mode_xy, _ = decode_peak(maps)
-    pts = np.stack([Geometry.rotate(decode_peak(h[i])[0], -a) for i, a in enumerate(angles)])
     near = np.linalg.norm(pts - mode_xy, axis=-1) * maps.shape[1] <= PEAK_RADIUS
     n = near.sum(0)
     mean = (pts * near[..., None]).sum(0) / np.maximum(n, 1)[..., None]
