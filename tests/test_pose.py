@@ -113,3 +113,17 @@ def test_calibration_names_the_annotation_that_breaks_rigidity():
     points[7], pixels[7], _, _ = _scene(np.random.default_rng(99), vertices=stretched)
     cam, note = pose.calibrate(points, pixels, sizes, GEOMETRY.input_px_scale, [f"a{i}.json" for i in range(12)])
     assert cam is None and "on a7.json" in note and "non-rigid object" in note
+
+
+def test_votes_of_several_turns_outvote_a_wrong_one(camera):
+    """Three votes per vertex near the truth and a fourth on another vertex: all eleven come back."""
+    rng = np.random.default_rng(6)
+    _, truth, _, _ = _scene(rng)
+    votes = np.concatenate([truth + rng.normal(0, 0.8, truth.shape) for _ in range(3)] + [truth[::-1]])
+    vertex = np.tile(np.arange(11), 4)
+    conf = np.ones((1, 44))
+    detections = truth[::-1][None].copy()  # the merged detections are all wrong; they are only the fallback
+    out, info = pose.refine_keypoints(camera, detections, np.ones((1, 11)), np.array([[1920, 1080]]), 0.2,
+                                      GEOMETRY.input_px_scale, votes=(votes[None], conf, vertex))
+    assert info[0]["refined"] and info[0]["inliers"] == list(range(11)) and 33 <= info[0]["votes"] <= 34
+    assert np.linalg.norm(out[0] - truth, axis=1).max() < 1.0

@@ -174,6 +174,13 @@ def test_resampled_merge_recovers_the_peak_and_weights_by_coverage():
     swapped = Geometry.rotate(xy[:, [1, 0, 2]], angles[3])
     wrong["heatmaps"][3 * b:4 * b] = render(swapped, vis, sh, 1.5)
     np.testing.assert_allclose(merge_outputs(wrong, "rot8")["peak_xy"], xy, atol=1e-6)
+    # Each turn's own peaks, turned back, are kept for the pose fit: the swapped turn shows the swap.
+    turns = merge_outputs(wrong, "rot8")
+    assert turns["turn_xy"].shape == (b, 8, k, 2) and turns["turn_conf"].shape == (b, 8, k)
+    np.testing.assert_allclose(np.delete(turns["turn_xy"], 3, axis=1), np.repeat(xy[:, None], 7, 1), atol=1e-6)
+    np.testing.assert_allclose(turns["turn_xy"][:, 3], xy[:, [1, 0, 2]], atol=1e-6)
+    assert np.all(turns["turn_conf"] > 0.85)  # the heights at the pixels nearest the off-grid peaks
+    assert "turn_xy" not in merge_outputs({key: v[:b] for key, v in out.items()}, "none")
     # Maps that are 1 everywhere stay 1 everywhere, corners included: the average divides by coverage.
     flat = {"heatmaps": np.ones((8 * b, sh, sh, k), np.float32), "coords": out["coords"]}
     np.testing.assert_allclose(merge_outputs(flat, "rot8")["heatmaps"], 1.0, atol=1e-5)
