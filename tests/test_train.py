@@ -337,9 +337,10 @@ def test_low_res_stage_hands_over_to_full_size(data64, tmp_path):
     model, meta = load_model(tmp_path / "model.keras")
     assert model.input_shape == (None, 64, 64, 3) and meta["train"]["low_res_factor"] == 2
     assert summary["best"]["epoch"] in (3, 4)  # best model saved by the full-size stage only
-    # rerunning the finished run trains no more low-resolution epochs
-    train_vis.main(args)
-    assert _csv_epochs(run / "history.csv")[-1] == 3
+    # rerunning the finished run trains nothing more
+    with pytest.raises(ValueError, match="holds a finished run"):
+        train_vis.main(args)
+    assert _csv_epochs(run / "history.csv") == [0, 1, 2, 3]
 
 
 def test_low_res_run_resumes_in_the_full_size_stage(data64, tmp_path):
