@@ -82,11 +82,10 @@ def dlt_camera(points: np.ndarray, pixels: np.ndarray) -> np.ndarray | None:
     t3, t2 = _normaliser(points), _normaliser(pixels)
     x = (t3 @ np.c_[points, np.ones(len(points))].T).T
     u = (t2 @ np.c_[pixels, np.ones(len(pixels))].T).T
-    rows = []
-    for xi, (ui, vi, _) in zip(x, u):
-        rows.append(np.r_[xi, np.zeros(4), -ui * xi])
-        rows.append(np.r_[np.zeros(4), xi, -vi * xi])
-    _, s, vt = np.linalg.svd(np.asarray(rows))
+    a = np.zeros((2 * len(x), 12))
+    a[0::2, 0:4], a[0::2, 8:] = x, -u[:, :1] * x  # u-row: P1.X - u P3.X = 0
+    a[1::2, 4:8], a[1::2, 8:] = x, -u[:, 1:2] * x  # v-row: P2.X - v P3.X = 0
+    _, s, vt = np.linalg.svd(a)
     if s[-2] < 1e-9 * s[0]:  # rank < 11: coplanar or collinear points fix no camera
         return None
     p = np.linalg.inv(t2) @ vt[-1].reshape(3, 4) @ t3
@@ -296,14 +295,19 @@ def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, 
                      "rms_input_px": fit.rms / scale, "rvec": fit.rvec.tolist(), "tvec": fit.tvec.tolist()})
     return out, info
 
+def _spread(items: list, n: int = CALIBRATION_IMAGES) -> list:
+    """At most ``n`` of ``items``, evenly spaced over the list (first and last included)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[j] for j in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
 def calibrate_pairs(images: list, annotations: list, geometry) -> tuple[ObjectCamera | None, str]:
     """:func:`calibrate` on up to ``CALIBRATION_IMAGES`` (image path, Annotation) pairs spread evenly
     over the lists (None annotations and unreadable images are passed over)."""
     from pipeline.images import ImageError, image_size
 
-    good = [i for i, a in enumerate(annotations) if a is not None and a.points is not None]
-    if len(good) > CALIBRATION_IMAGES:
-        good = [good[j] for j in np.linspace(0, len(good) - 1, CALIBRATION_IMAGES).round().astype(int)]
+    good = _spread([i for i, a in enumerate(annotations) if a is not None and a.points is not None])
     points, pixels, sizes, names = [], [], [], []
     for i in good:
         try:
@@ -320,11 +324,8 @@ def calibrate_dataset(data_dir, num_keypoints: int, geometry) -> tuple[ObjectCam
     """:func:`calibrate_pairs` over a 4SP dataset folder (annotations that fail to parse are passed over)."""
     from pipeline.annotations import AnnotationError, pair_dataset, parse_annotation
 
-    pairs = pair_dataset(data_dir).pairs
-    if len(pairs) > CALIBRATION_IMAGES:
-        pairs = [pairs[j] for j in np.linspace(0, len(pairs) - 1, CALIBRATION_IMAGES).round().astype(int)]
     images, anns = [], []
-    for _, img, js in pairs:
+    for _, img, js in _spread(pair_dataset(data_dir).pairs):
         try:
             anns.append(parse_annotation(js, num_keypoints))
         except AnnotationError:
