@@ -3,9 +3,12 @@
 The keypoints are vertices of one rigid object seen through one pinhole camera, so in every image
 they are the projection of the same 3D points under some pose (rotation, translation): 6 numbers
 explain all K positions. The network places most keypoints to a fraction of a pixel but sometimes
-puts one on a neighbouring vertex. Fitting the pose robustly to the confident detections (RANSAC,
-least squares on its inliers, then a confidence-weighted Cauchy fit over all of them) and projecting
-the vertices back replaces such outliers, and averages the noise of the rest.
+puts one on a neighbouring vertex. Fitting the pose robustly to the confident detections and
+projecting the vertices back replaces such outliers, and averages the noise of the rest. Candidate
+poses come from RANSAC and from every 4 confident detections (an exhaustive search: RANSAC's random
+samples sometimes miss the pose that most detections agree on); the one with the best
+confidence-weighted MSAC score wins, then least squares on its inliers and a confidence-weighted
+Cauchy fit over all detections polish it.
 
 What this needs is read from the training annotations during preprocessing: the vertices' 3D
 ``coordinates`` (any rigid copy: each annotation lists them in its own posed frame) and their
@@ -22,6 +25,7 @@ which it is, since it is fitted to them).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +35,8 @@ MIN_INLIERS = 5             # per image for a pose fit at inference (6 unknowns,
 CALIBRATION_IMAGES = 400    # annotations the calibration reads, spread evenly over the dataset
 CALIBRATION_TOLERANCE = 0.25  # model-input px: largest accepted re-projection RMS of any image
 INLIER_TOLERANCE = 2.0      # model-input px: a detection within this of the fitted pose is an inlier
+SCORE_SHARE = 0.75          # MSAC scale of the hypothesis score, as a share of the inlier tolerance
+SEED_POINTS = 12            # most confident detections whose every 4-subset seeds a pose (495 at most)
 
 
 def _cv2():
@@ -198,34 +204,89 @@ def _robust_refine(v, x, intrinsics, rvec, tvec, weights, scale: float, iteratio
 
 
 def fit_pose(vertices: np.ndarray, xy: np.ndarray, intrinsics: np.ndarray, tolerance: float,
-             min_inliers: int = MIN_INLIERS, weights: np.ndarray | None = None) -> PoseFit | None:
+             min_inliers: int = MIN_INLIERS, weights: np.ndarray | None = None,
+             seeds: tuple | None = None) -> PoseFit | None:
     """Pose of ``vertices`` (N, 3) that projects them onto ``xy`` (N, 2) pixels, robust to outliers.
 
-    RANSAC (seeded: the same inputs give the same pose) keeps the points within ``tolerance`` px
-    (``inf``: all points, no RANSAC); Levenberg-Marquardt then refines on them. With ``weights`` (N,),
-    a last robust fit over all points follows (:func:`_robust_refine`, Cauchy scale ``tolerance / 2``).
-    None when fewer than ``min_inliers`` agree, or the object would be behind the camera."""
+    ``tolerance`` ``inf``: all points, least squares. Otherwise the candidates are RANSAC's pose
+    (seeded: the same inputs give the same pose) and, with ``seeds`` = (vertices (C, 3), pixels (C, 2),
+    one detection per vertex, most confident first), the pose of every 4 of the first ``SEED_POINTS``;
+    the candidate with the highest MSAC score (:func:`_best_hypothesis`) is kept with the points within
+    ``tolerance`` px of it. Levenberg-Marquardt then refines on them. With ``weights`` (N,), those
+    weight the score, and a last robust fit over all points follows (:func:`_robust_refine`, Cauchy
+    scale ``tolerance / 2``). None when fewer than ``min_inliers`` agree, or the object would be behind
+    the camera."""
     cv2 = _cv2()
     v = np.ascontiguousarray(vertices, np.float64)
     x = np.ascontiguousarray(xy, np.float64)
     if len(v) < min_inliers:
         return None
     try:
-        return _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights)
+        return _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights, seeds)
     except (cv2.error, np.linalg.LinAlgError):  # degenerate points (e.g. all on one line): no pose
         return None
 
 
-def _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights):
+def _rotations(rvecs: np.ndarray) -> np.ndarray:
+    """(H, 3) axis-angle vectors -> (H, 3, 3) rotation matrices (Rodrigues' formula, batched)."""
+    theta = np.linalg.norm(rvecs, axis=1)
+    k = rvecs / np.maximum(theta, 1e-12)[:, None]
+    cross = np.zeros((len(k), 3, 3))
+    cross[:, 0, 1], cross[:, 0, 2], cross[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+    cross -= cross.transpose(0, 2, 1)
+    s, c = np.sin(theta)[:, None, None], np.cos(theta)[:, None, None]
+    return np.eye(3) + s * cross + (1 - c) * cross @ cross
+
+
+def _seed_hypotheses(cv2, seeds, intrinsics) -> list:
+    """The pose (AP3P) of every 4 of the first ``SEED_POINTS`` seed detections."""
+    sv, sx = (np.ascontiguousarray(a[:SEED_POINTS], np.float64) for a in seeds)
+    out = []
+    for sub in itertools.combinations(range(len(sv)), 4):
+        sub = list(sub)
+        try:
+            ok, rvec, tvec = cv2.solvePnP(sv[sub], sx[sub], intrinsics, None, flags=cv2.SOLVEPNP_AP3P)
+        except cv2.error:  # degenerate subset (collinear points)
+            continue
+        if ok and np.isfinite(rvec).all() and np.isfinite(tvec).all():
+            out.append((rvec.reshape(3, 1), tvec.reshape(3, 1)))
+    return out
+
+
+def _best_hypothesis(v, x, intrinsics, hypotheses: list, weights, scale: float):
+    """The (rvec, tvec) of ``hypotheses`` with the highest weighted MSAC score over the points:
+    sum of weight * (1 - min(d^2 / scale^2, 1)) for re-projection distances d. Unlike an inlier count,
+    it prefers the pose that fits its inliers closely, and ties between poses that explain the same
+    detections go to the tighter one. Poses that put the object behind the camera score nothing."""
+    rvecs = np.concatenate([r.reshape(1, 3) for r, _ in hypotheses])
+    tvecs = np.concatenate([t.reshape(1, 3) for _, t in hypotheses])
+    cam = v[None] @ _rotations(rvecs).transpose(0, 2, 1) + tvecs[:, None]   # (H, N, 3)
+    z = cam[..., 2]
+    uv = (cam @ np.asarray(intrinsics).T)[..., :2] / np.where(z > 0, z, 1.0)[..., None]
+    d2 = ((uv - x) ** 2).sum(-1) / scale ** 2
+    score = ((1.0 - np.minimum(d2, 1.0)) * weights).sum(1)
+    score[(z <= 0).any(1)] = -np.inf
+    return hypotheses[int(np.argmax(score))]
+
+
+def _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights, seeds):
     if np.isinf(tolerance):
         ok, rvec, tvec = cv2.solvePnP(v, x, intrinsics, None, flags=cv2.SOLVEPNP_SQPNP)
         inl = np.arange(len(v))
     else:
         cv2.setRNGSeed(0)
-        ok, rvec, tvec, found = cv2.solvePnPRansac(v, x, intrinsics, None, iterationsCount=300,
-                                                   reprojectionError=float(tolerance), confidence=0.999,
-                                                   flags=cv2.SOLVEPNP_SQPNP)
-        inl = np.sort(found.ravel()) if ok and found is not None else np.zeros(0, int)
+        ok, rvec, tvec, _ = cv2.solvePnPRansac(v, x, intrinsics, None, iterationsCount=300,
+                                               reprojectionError=float(tolerance), confidence=0.999,
+                                               flags=cv2.SOLVEPNP_SQPNP)
+        hypotheses = [(rvec, tvec)] if ok else []
+        if seeds is not None and len(seeds[0]) >= 4:
+            hypotheses += _seed_hypotheses(cv2, seeds, intrinsics)
+        if not hypotheses:
+            return None
+        w = np.ones(len(v)) if weights is None else np.asarray(weights, np.float64)
+        rvec, tvec = _best_hypothesis(v, x, intrinsics, hypotheses, w, SCORE_SHARE * tolerance)
+        ok = True
+        inl = np.flatnonzero(np.linalg.norm(project(v, rvec, tvec, intrinsics) - x, axis=1) <= tolerance)
     if not ok or len(inl) < min_inliers:
         return None
     for _ in range(2):  # refine, then re-collect the inliers under the refined pose once
@@ -284,8 +345,10 @@ def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, 
             continue
         scale = float(np.mean(px_per_input_px(size)))
         cand = np.flatnonzero((vote_conf[i] >= min_confidence) & np.isfinite(vote_xy[i]).all(1))
+        own = np.flatnonzero((confidence[i] >= min_confidence) & np.isfinite(out[i]).all(1))
+        own = own[np.argsort(-confidence[i, own], kind="stable")]
         fit = fit_pose(cam.vertices[vertex[cand]], vote_xy[i, cand], cam.intrinsics, INLIER_TOLERANCE * scale,
-                       weights=vote_conf[i, cand])
+                       weights=vote_conf[i, cand], seeds=(cam.vertices[own], out[i, own]))
         agree = np.unique(vertex[cand[fit.inliers]]) if fit is not None else np.zeros(0, int)
         if len(agree) < MIN_INLIERS:
             info.append({"refined": False, "reason": f"fewer than {MIN_INLIERS} confident detections agree on a pose"})
