@@ -230,6 +230,10 @@ def format_summary(s: dict) -> str:
         lines.append(f"pose refinement on {s.get('pose_refined_images')} images; the detections before it: mean "
                      f"{f(d['euclidean_mean'])}, median {f(d['euclidean_median'])}, P95 {f(d['euclidean_p95'])} px, "
                      f"PCK @ 2 px {f(d['pck_percent'][_key(2)], 2)} %")
+    look = s.get("second_look")
+    if look:
+        lines.append(f"second look on {look['images']} images (zoom up to {f(look['zoom_max'], 2)}, median "
+                     f"{f(look['zoom_median'], 2)}); one pose fitted to both looks on {look['pose_refined_images']}")
     if s.get("skipped_files"):
         lines.append(f"skipped {len(s['skipped_files'])} unreadable file(s); listed in evaluation_summary.json")
     return "\n".join(lines)

@@ -99,6 +99,27 @@ class Geometry:
         corners = self.from_normalised(np.array([[0.0, 0.0], [1.0, 1.0]]), orig_size)
         return corners.reshape(corners.shape[:-2] + (4,))
 
+    def look_box(self, orig_size, centre, zoom) -> np.ndarray:
+        """A crop window like :meth:`crop_box`, ``zoom`` times smaller and centred on ``centre``
+        (original px): (..., 4) ``[x0, y0, x1, y1]``, for (..., 2) sizes and centres and (...,) zooms."""
+        box = self.crop_box(orig_size)
+        half = 0.5 * (box[..., 2:] - box[..., :2]) / np.asarray(zoom, np.float64)[..., None]
+        c = np.asarray(centre, np.float64)
+        return np.concatenate([c - half, c + half], axis=-1)
+
+    @staticmethod
+    def from_box(xy, boxes) -> np.ndarray:
+        """Normalised coords (..., K, 2) of crops taken at ``boxes`` (..., 4) -> original pixels: the
+        box plays the part of :meth:`crop_box` (0 is its top-left corner, 1 its bottom-right)."""
+        b = np.asarray(boxes, np.float64)[..., None, :]
+        return b[..., :2] + np.asarray(xy, np.float64) * (b[..., 2:] - b[..., :2])
+
+    @staticmethod
+    def to_box(uv, boxes) -> np.ndarray:
+        """Exact inverse of :meth:`from_box`: original pixels (..., K, 2) -> normalised coords of ``boxes``."""
+        b = np.asarray(boxes, np.float64)[..., None, :]
+        return (np.asarray(uv, np.float64) - b[..., :2]) / (b[..., 2:] - b[..., :2])
+
     # -- normalised <-> model spaces -----------------------------------------------------------
     def to_input(self, xy) -> np.ndarray:
         """Normalised -> model-input pixels."""

@@ -50,14 +50,14 @@ def image_size(path) -> tuple[int, int]:
         raise ImageError(f"{path}: not a readable image ({e}).") from None
 
 
-def crop_resize(img: Image.Image, geometry: Geometry) -> np.ndarray:
+def crop_resize(img: Image.Image, geometry: Geometry, box=None) -> np.ndarray:
     """Map an original RGB image to the model input: (S, S, 3) uint8.
 
-    The crop window of :meth:`Geometry.crop_box` is cut at integer bounds (Pillow fills the
-    part outside the image with black) and resampled with a fractional box, so the output
-    pixel grid is exactly the normalised grid of the geometry.
+    The crop window (``box`` in original px, default :meth:`Geometry.crop_box`) is cut at integer
+    bounds (Pillow fills the part outside the image with black) and resampled with a fractional
+    box, so the output pixel grid is exactly the normalised grid of that window.
     """
-    x0, y0, x1, y1 = (float(v) for v in geometry.crop_box(img.size))
+    x0, y0, x1, y1 = (float(v) for v in (geometry.crop_box(img.size) if box is None else box))
     ix0, iy0 = math.floor(x0), math.floor(y0)
     ix1, iy1 = math.ceil(x1), math.ceil(y1)
     window = img.crop((ix0, iy0, ix1, iy1))
@@ -66,10 +66,10 @@ def crop_resize(img: Image.Image, geometry: Geometry) -> np.ndarray:
     return np.asarray(window.resize((s, s), RESAMPLE, box=box), dtype=np.uint8)
 
 
-def load_model_input(path, geometry: Geometry) -> tuple[np.ndarray, tuple[int, int]]:
-    """Read ``path`` and return (model input (S, S, 3) uint8, original (W, H))."""
+def load_model_input(path, geometry: Geometry, box=None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read ``path`` and return (model input (S, S, 3) uint8 of the crop window ``box``, original (W, H))."""
     img = open_image(path)
-    return crop_resize(img, geometry), img.size
+    return crop_resize(img, geometry, box), img.size
 
 
 def list_images(directory) -> list[Path]:

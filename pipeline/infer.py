@@ -143,10 +143,11 @@ def collect_inputs(paths, num_keypoints: int) -> InputSet:
     return out
 
 
-def _load_or_blank(files, i: int, geometry: Geometry, errors: dict):
-    """Model input, (W, H) and True for ``files[i]``; a black input, (0, 0) and False (error noted) if unreadable."""
+def _load_or_blank(files, i: int, geometry: Geometry, errors: dict, boxes=None):
+    """Model input, (W, H) and True for ``files[i]`` (cropped at ``boxes[i]`` if given); a black input,
+    (0, 0) and False (error noted) if unreadable."""
     try:
-        x, (w, h) = load_model_input(files[i], geometry)
+        x, (w, h) = load_model_input(files[i], geometry, None if boxes is None else boxes[i])
         return x, np.array([w, h], np.int32), np.bool_(True)
     except ImageError as e:
         errors[i] = str(e)
@@ -154,11 +155,12 @@ def _load_or_blank(files, i: int, geometry: Geometry, errors: dict):
         return np.zeros((s, s, 3), np.uint8), np.zeros(2, np.int32), np.bool_(False)
 
 
-def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0):
+def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0, boxes=None):
     """tf.data over image files: (index (B,), input (B, S, S, 3) uint8, (W, H) (B, 2), ok (B,)).
 
     A file that cannot be read yields a black input with ``ok`` False and its error in ``errors``.
-    ``workers`` parallel decoders (0: one per CPU core, at least 2).
+    ``workers`` parallel decoders (0: one per CPU core, at least 2). ``boxes`` (N, 4): per-image crop
+    windows in original px in place of the geometry's.
     """
     import tensorflow as tf
 
@@ -167,7 +169,7 @@ def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0):
     s = geometry.input_size
 
     def load(i):
-        return _load_or_blank(files, int(i), geometry, errors)
+        return _load_or_blank(files, int(i), geometry, errors, boxes)
 
     def tf_load(i):
         x, size, ok = tf.numpy_function(load, [i], (tf.uint8, tf.int32, tf.bool), stateful=False)
@@ -183,7 +185,7 @@ def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0):
     return ds.batch(batch_size).prefetch(2), errors
 
 
-def single_batch(files, geometry: Geometry):
+def single_batch(files, geometry: Geometry, boxes=None):
     """The few-files path of :func:`predict_files`: one batch decoded in threads, without tf.data.
 
     Building a tf.data pipeline costs more than decoding and predicting one image (measured: 156 ms
@@ -196,7 +198,7 @@ def single_batch(files, geometry: Geometry):
     files = [str(f) for f in files]
     errors: dict[int, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
-        loaded = list(pool.map(lambda i: _load_or_blank(files, i, geometry, errors), range(len(files))))
+        loaded = list(pool.map(lambda i: _load_or_blank(files, i, geometry, errors, boxes), range(len(files))))
     x, size, ok = (np.stack(part) for part in zip(*loaded))
     return [(np.arange(len(files)), x, size, ok)], errors
 
@@ -238,10 +240,12 @@ def decode(outputs: dict, decoder: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, decoder: str = "peak",
-                  keep: int = 0, progress: bool = True, tta: str = "none") -> Predictions:
+                  keep: int = 0, progress: bool = True, tta: str = "none", boxes=None) -> Predictions:
     """Run ``model`` over image files in batches; see :class:`Predictions`.
 
     ``tta``: ``none``, or ``rotN`` (see :mod:`pipeline.tta`; the model then sees N times the images).
+    ``boxes``: (N, 4) per-image crop windows in original px (:meth:`Geometry.look_box`); the normalised
+    coordinates are then those of each image's window (:meth:`Geometry.from_box` maps them back).
     """
     from tqdm.auto import tqdm
 
@@ -252,8 +256,8 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
     except ValueError as e:
         raise InferError(f"Unknown test-time augmentation: {e}") from None
     n = len(files)
-    ds, errors = (single_batch(files, geometry) if n <= min(batch_size, 4) else
-                  image_dataset(files, geometry, batch_size))
+    ds, errors = (single_batch(files, geometry, boxes) if n <= min(batch_size, 4) else
+                  image_dataset(files, geometry, batch_size, boxes=boxes))
     xy = conf = turn_xy = turn_conf = None
     sizes, ok = np.zeros((n, 2), np.int64), np.zeros(n, bool)
     inputs, maps = [], []

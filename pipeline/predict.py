@@ -5,7 +5,8 @@ Outputs (under ``out_dir``, default ``predictions/``)::
     predictions.json, predictions.csv     per image and keypoint: original and model-input pixels,
                                           confidence, predicted visibility, ground truth when known;
                                           with pose refinement also each detection before it, and
-                                          per image the fitted pose (``pipeline.pose``)
+                                          per image the fitted pose (``pipeline.pose``) and the
+                                          second look's window (``pipeline.second_look``)
     overlays/<stem>.png                   model-input view (upscaled), prediction vs ground truth
     heatmaps/<stem>.png                   per-keypoint heatmap grid
     original_overlays/<stem>.png          original resolution with the crop box
@@ -37,6 +38,7 @@ from pipeline.fold import fold_batchnorm
 from pipeline.geometry import Geometry
 from pipeline.images import ImageError, open_image
 from pipeline.infer import DECODERS, InferError, collect_inputs, ground_truth, predict_files
+from pipeline.second_look import LOOKS
 from pipeline.tta import check_tta, resolve_tta
 
 MANAGED = ("predictions.json", "predictions.csv", "evaluation_summary.json", "evaluation_summary.txt",
@@ -73,6 +75,10 @@ class InferConfig:
                         "training annotations; none: the detections as they are; auto: pose when a calibration "
                         "exists (the model's sidecar, else the training data's annotations), else none.",
                         default="auto", meta={"choices": REFINES})
+    second_look: str = _help("auto: with pose refinement, predict again on a window re-centred on the fitted "
+                             "pose and magnified up to the training's largest augmentation scale, and fit one "
+                             "pose to both looks' detections (twice the model work); off: one look.",
+                             default="auto", meta={"choices": LOOKS})
     vis_threshold: float = _help("A keypoint is predicted visible when its heatmap peak >= this (focal-loss "
                                  "heatmaps peak below 1; the summary reports the best-F1 threshold).", default=0.2)
     visualize: str = _help("Figures for the first N images, or 'all'.", default="16")
@@ -89,6 +95,8 @@ class InferConfig:
         check_tta(self.tta)
         if self.refine not in REFINES:
             raise ValueError(f"refine must be one of {REFINES}. Received: refine={self.refine!r}")
+        if self.second_look not in LOOKS:
+            raise ValueError(f"second_look must be one of {LOOKS}. Received: second_look={self.second_look!r}")
         if self.split not in ("auto", "val", "all"):
             raise ValueError(f"split must be auto, val or all. Received: split={self.split!r}")
         if not 0.0 <= self.vis_threshold <= 1.0:
@@ -243,7 +251,9 @@ def _rows(samples, keep, r: dict):
         images.append({"stem": s.stem, "image": str(s.image),
                        "annotation": str(s.annotation) if s.annotation else None,
                        "orig_size": r["sizes"][i], "crop_box_orig": r["boxes"][i],
-                       **({"pose": r["pose"][i]} if r["pose"][i] is not None else {}), "keypoints": kps})
+                       **({"pose": r["pose"][i]} if r["pose"][i] is not None else {}),
+                       **({"second_look_box_orig": r["look"]["boxes"][i], "second_look_zoom": r["look"]["zooms"][i]}
+                          if r["look"] is not None else {}), "keypoints": kps})
     return images, rows
 
 
@@ -318,6 +328,69 @@ def _unique_stems(samples) -> None:
             s.stem = f"{s.stem}_{n + 1}"
 
 
+def _refine(cam, preds, detected, sizes, geometry: Geometry, cfg: InferConfig):
+    """First-look pose refinement: (xy (N, K, 2) normalised, per-image pose info or None)."""
+    from pipeline.pose import refine_keypoints
+    from pipeline.second_look import votes_of
+
+    safe = np.where(sizes > 0, sizes, 1)
+    ok = preds.ok
+    votes = votes_of(preds, lambda a: geometry.from_normalised(a, safe), cfg.decoder == "peak")
+    refined, info = refine_keypoints(cam, detected[ok], preds.confidence[ok], sizes[ok], cfg.vis_threshold,
+                                     geometry.input_px_scale, (votes[0][ok], votes[1][ok], votes[2]))
+    xy = preds.xy.copy()
+    xy[ok] = geometry.to_normalised(refined, safe[ok])
+    pose_info = [None] * len(ok)
+    for j, i in enumerate(np.flatnonzero(ok)):
+        pose_info[i] = info[j]
+    return xy, pose_info
+
+
+def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, cfg: InferConfig, meta: dict,
+                 tta: str):
+    """Predict again on windows centred on the first estimate (:mod:`pipeline.second_look`) and fit one
+    pose to both looks' votes, seeded by the second look's detections. Images whose joint fit fails
+    keep the first look's result. Returns (xy normalised, {"boxes", "zooms", "ok", "zoom_max"})."""
+    from pipeline.pose import refine_keypoints
+    from pipeline.second_look import look_boxes, max_zoom, votes_of
+
+    sizes, ok = preds.sizes, preds.ok
+    safe = np.where(sizes > 0, sizes, 1)
+    first = geometry.from_normalised(xy, safe)
+    refined = np.array([bool(p and p.get("refined")) for p in pose_info])
+    mask = np.where(refined[:, None], True, preds.confidence >= cfg.vis_threshold)
+    zoom = max_zoom(meta.get("train"))
+    boxes, zooms = look_boxes(geometry, safe, first, mask, zoom)
+    again = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
+                          decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes)
+    both = ok & again.ok
+    to_orig1 = lambda a: geometry.from_normalised(a, safe)  # noqa: E731
+    to_orig2 = lambda a: Geometry.from_box(a, boxes)  # noqa: E731
+    v1 = votes_of(preds, to_orig1, cfg.decoder == "peak")
+    v2 = votes_of(again, to_orig2, cfg.decoder == "peak")
+    votes = (np.concatenate([v1[0], v2[0]], 1)[both], np.concatenate([v1[1], v2[1]], 1)[both],
+             np.concatenate([v1[2], v2[2]]))
+    seeds = Geometry.from_box(again.xy, boxes)
+    out, info = refine_keypoints(cam, seeds[both], again.confidence[both], sizes[both], cfg.vis_threshold,
+                                 geometry.input_px_scale, votes)
+    xy = xy.copy()
+    for j, i in enumerate(np.flatnonzero(both)):
+        if info[j]["refined"]:
+            xy[i] = geometry.to_normalised(out[j], safe[i])
+            pose_info[i] = {**info[j], "looks": 2}
+    return xy, {"boxes": boxes, "zooms": zooms, "ok": both, "zoom_max": zoom,
+                "refined": np.array([bool(p and p.get("looks") == 2) for p in pose_info])}
+
+
+def _look_summary(look, ok) -> dict | None:
+    if look is None:
+        return None
+    z = look["zooms"][look["ok"]]
+    return {"zoom_max": float(look["zoom_max"]), "images": int(look["ok"].sum()),
+            "pose_refined_images": int(look["refined"].sum()),
+            "zoom_median": float(np.median(z)) if len(z) else None}
+
+
 def run(cfg: InferConfig) -> dict:
     """Predict, write the outputs, evaluate where annotations exist; returns the summary (or {})."""
     model_path = resolve_model_path(cfg.model)
@@ -350,27 +423,17 @@ def run(cfg: InferConfig) -> dict:
     safe = np.where(sizes > 0, sizes, 1)
     detected = geometry.from_normalised(preds.xy, safe)
     pose_info = [None] * len(samples)
-    xy = preds.xy
+    xy, look = preds.xy, None
     if cam is not None:
-        from pipeline.pose import refine_keypoints
-
-        votes = None
-        if preds.turn_xy is not None and cfg.decoder == "peak":  # every test-time turn's peaks vote
-            n, t, kk = preds.turn_conf.shape
-            votes = (geometry.from_normalised(preds.turn_xy.reshape(n, t * kk, 2), safe)[preds.ok],
-                     preds.turn_conf.reshape(n, t * kk)[preds.ok], np.tile(np.arange(kk), t))
-        refined, info = refine_keypoints(cam, detected[preds.ok], preds.confidence[preds.ok], sizes[preds.ok],
-                                         cfg.vis_threshold, geometry.input_px_scale, votes)
-        xy = preds.xy.copy()
-        xy[preds.ok] = geometry.to_normalised(refined, safe[preds.ok])
-        for j, i in enumerate(np.flatnonzero(preds.ok)):
-            pose_info[i] = info[j]
+        xy, pose_info = _refine(cam, preds, detected, sizes, geometry, cfg)
+        if cfg.second_look == "auto":
+            xy, look = _second_look(model, samples, cam, preds, xy, pose_info, geometry, cfg, meta, tta)
     r = {
         "pred_in": geometry.to_input(xy), "pred_orig": geometry.from_normalised(xy, safe),
         "det_orig": detected, "det_in": geometry.to_input(preds.xy), "pose": pose_info,
         "conf": preds.confidence, "pred_vis": preds.confidence >= cfg.vis_threshold,
         "gt_in": gt_in, "gt_orig": gt_orig, "gt_vis": gt_vis & has_gt[:, None], "has_gt": has_gt,
-        "sizes": sizes, "boxes": geometry.crop_box(safe),
+        "sizes": sizes, "boxes": geometry.crop_box(safe), "look": look,
     }
 
     out = Path(cfg.out_dir)
@@ -381,6 +444,7 @@ def run(cfg: InferConfig) -> dict:
     try:
         images, rows = _rows(samples, preds.ok, r)
         header = {"model": str(model_path), "decoder": cfg.decoder, "tta": tta, "refine": refine,
+                  "second_look": _look_summary(look, preds.ok),
                   "refine_note": refine_note, "vis_threshold": cfg.vis_threshold,
                   "num_keypoints": k, "geometry": asdict(geometry), "split": split, "inputs": inputs,
                   "spaces": {"orig": "original-image pixels, corner origin, pixel i centred at i+0.5",
@@ -391,7 +455,8 @@ def run(cfg: InferConfig) -> dict:
         _figures(tmp, samples, r, preds, cfg, found.edges if len(found.edges) else None, cfg.progress)
         summary = {}
         if has_gt.any():
-            extra = {"decoder": cfg.decoder, "tta": tta, "refine": refine, "model": str(model_path), "data_dir": [str(p) for p in found.dataset_roots],
+            extra = {"decoder": cfg.decoder, "tta": tta, "refine": refine, "second_look": _look_summary(look, preds.ok),
+                     "model": str(model_path), "data_dir": [str(p) for p in found.dataset_roots],
                      "inputs": inputs, "split": split, "split_note": note, "skipped_files": skipped,
                      "num_keypoints": k}
             if cam is not None:

@@ -1,0 +1,57 @@
+"""The second look's windows: centred on the object, magnified within the training's scale range."""
+
+import numpy as np
+from PIL import Image
+
+from pipeline.geometry import Geometry
+from pipeline.images import crop_resize
+from pipeline.second_look import FILL, look_boxes, max_zoom
+
+G = Geometry()  # 1920x1080 -> centre 1000x1000 crop [460, 40, 1460, 1040] -> 128 px
+
+
+def test_max_zoom_follows_the_training_augmentation():
+    assert max_zoom(None) == max_zoom({}) == 1.0
+    assert max_zoom({"affine_prob": 0.0, "scale_range": 0.2}) == 1.0  # never trained on other scales
+    assert max_zoom({"affine_prob": 0.5, "scale_range": 0.2}) == 1.2
+    assert max_zoom({"affine_prob": 0.5, "scale_range": 0.35}) == 1.35
+
+
+def test_look_boxes_centre_on_the_object_and_keep_it_inside():
+    pts = np.full((3, 2, 2), np.nan)
+    pts[0] = [[900.0, 500.0], [1100.0, 600.0]]  # small object: the full zoom
+    pts[1] = [[400.0, 300.0], [1400.0, 700.0]]  # 1000 px wide: 0.9 of the window caps the zoom below 1 -> 1
+    mask = np.array([[True, True], [True, True], [False, False]])  # image 2: nothing to centre on
+    boxes, zooms = look_boxes(G, np.array([[1920, 1080]] * 3), pts, mask, 1.2)
+    np.testing.assert_allclose(zooms, [1.2, 1.0, 1.0])
+    h = 500 / 1.2
+    np.testing.assert_allclose(boxes[0], [1000 - h, 550 - h, 1000 + h, 550 + h])
+    np.testing.assert_allclose(boxes[1], [400.0, 0.0, 1400.0, 1000.0])
+    np.testing.assert_allclose(boxes[2], G.crop_box((1920, 1080)))
+    pts[0] = [[900.0, 500.0], [900.0 + 1000 * FILL / 1.1, 600.0]]  # extent caps the zoom at 1.1
+    _, zooms = look_boxes(G, np.array([[1920, 1080]] * 3), pts, mask, 1.2)
+    np.testing.assert_allclose(zooms[0], 1.1)
+
+
+def test_box_coordinates_round_trip_and_match_the_crop():
+    size = np.array([1280, 720])
+    uv = np.array([[[3.0, 4.0], [640.5, 359.25], [1279.0, 719.0]]])
+    box = G.look_box(size, np.array([700.0, 300.0]), 1.3)
+    np.testing.assert_allclose(Geometry.from_box(Geometry.to_box(uv, box[None]), box[None]), uv, atol=1e-9)
+    crop = G.crop_box(size)
+    np.testing.assert_allclose(Geometry.to_box(uv, crop[None]), G.to_normalised(uv, size), atol=1e-12)
+    centre = 0.5 * (crop[:2] + crop[2:])
+    np.testing.assert_allclose(G.look_box(size, centre, 1.0), crop, atol=1e-9)
+
+
+def test_a_window_shows_a_point_where_its_coordinates_say():
+    """A bright square centred at a known original pixel position lands, in the resampled window, at
+    the model-input position that Geometry.to_box gives (intensity centroid within 0.05 px)."""
+    img = np.zeros((1080, 1920, 3), np.uint8)
+    img[546:555, 996:1005] = 255  # 9x9 pixels, centre (1000.5, 550.5) in the pixel-centre convention
+    box = G.look_box((1920, 1080), np.array([1010.0, 530.0]), 1.2)
+    x = crop_resize(Image.fromarray(img), G, box)[..., 0].astype(np.float64)
+    ys, xs = np.mgrid[0:128, 0:128] + 0.5
+    got = np.array([(x * xs).sum(), (x * ys).sum()]) / x.sum()
+    want = G.to_input(Geometry.to_box(np.array([[[1000.5, 550.5]]]), box[None]))[0, 0]
+    np.testing.assert_allclose(got, want, atol=0.05)
