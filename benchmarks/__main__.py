@@ -134,7 +134,8 @@ def table(results: dict) -> str:
                       f"{a['test_count']} held-out renders, training {a['train_s'] / 60:.1f} min, "
                       f"{a.get('epochs_run', '?')} epochs; use_vis.py "
                       f"test-time augmentation {a['summary'].get('tta', 'none')}, refinement "
-                      f"{a['summary'].get('refine', 'none')}):", "",
+                      f"{a['summary'].get('refine', 'none')}, second look "
+                      f"{'on' if a['summary'].get('second_look') else 'off'}):", "",
                   "| metric | value |", "| --- | --- |"]
         for tag, s in runs:
             pck = s["pck_percent"]

@@ -2,7 +2,7 @@
 
 Recipe: generate a training set and a separate held-out test set (different seeds), preprocess
 the training set, train with a preset, evaluate on the held-out set with use_vis.py (its default
-test-time augmentation and pose refinement, and again with ``--tta none``). Reports every
+test-time augmentation, pose refinement and second look, and again with ``--tta none``). Reports every
 evaluation_summary figure (the detections' own figures before pose refinement among them) and the
 wall-clock time to first reach val PCK@2px >= 95 %.
 """
