@@ -231,7 +231,21 @@ def cosine_lr(progress: float, base_lr: float, warmup: float, total: float, floo
     return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-class CosineSchedule(keras.callbacks.Callback):
+class _StepSchedule(keras.callbacks.Callback):
+    """A value set at each step from the phase's fractional epoch (``_epoch`` + batch / steps)."""
+
+    _epoch = 0
+
+    def _set(self, progress: float) -> None:
+        raise NotImplementedError
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = (self.params or {}).get("steps") or 0
+        if steps:
+            self._set(self._epoch + batch / steps)
+
+
+class CosineSchedule(_StepSchedule):
     """Per-step warm-up + cosine decay of the optimizer's learning rate over one training phase.
 
     A callback rather than a ``LearningRateSchedule`` object: it is driven by the epoch index Keras
@@ -257,17 +271,12 @@ class CosineSchedule(keras.callbacks.Callback):
         self._epoch = epoch - self.start
         self._set(self._epoch)
 
-    def on_train_batch_begin(self, batch, logs=None):
-        steps = (self.params or {}).get("steps") or 0
-        if steps:
-            self._set(self._epoch + batch / steps)
-
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-class SigmaSchedule(keras.callbacks.Callback):
+class SigmaSchedule(_StepSchedule):
     """Moves the width of the rendered heatmap targets linearly from ``start`` to ``end`` over the
     ``epochs`` of phase 1, or over its time ``budget`` (:class:`TimeBudget`) when that runs ahead.
 
@@ -306,11 +315,6 @@ class SigmaSchedule(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._set(epoch)
-
-    def on_train_batch_begin(self, batch, logs=None):
-        steps = (self.params or {}).get("steps") or 0
-        if steps:
-            self._set(self._epoch + batch / steps)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
