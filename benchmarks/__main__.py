@@ -86,6 +86,10 @@ def bench_accuracy(work: Path, quick: bool) -> dict:
     return run(str(work / "accuracy"), "quick" if quick else "full")
 
 
+def _pair(row: dict, a: str, b: str) -> str:
+    return f"{row[a]:.0f} / {row[b]:.0f}"
+
+
 def table(results: dict) -> str:
     info = results["machine"]
     lines = [f"Machine: {info['cpu']}, {info['cores']} cores, GPU: {info['gpu']}, bf16 CPU: {info['cpu_bf16']}, "
@@ -95,9 +99,8 @@ def table(results: dict) -> str:
     if p:
         lines.append(f"| preprocess images/s | {p['pipeline']['images_per_s']:.1f} | {p['naive']['images_per_s']:.1f} "
                      f"| {p['speedup']:.1f}x |")
-        lines.append(f"| preprocess peak RSS / anon MB | {p['pipeline']['peak_rss_mb']:.0f} / "
-                     f"{p['pipeline']['peak_anon_mb']:.0f} | {p['naive']['peak_rss_mb']:.0f} / "
-                     f"{p['naive']['peak_anon_mb']:.0f} | |")
+        lines.append(f"| preprocess peak RSS / anon MB | {_pair(p['pipeline'], 'peak_rss_mb', 'peak_anon_mb')} | "
+                     f"{_pair(p['naive'], 'peak_rss_mb', 'peak_anon_mb')} | |")
     t = results.get("train")
     if t:
         naive = t["rows"]["naive_f32_b16"]["images_per_s"]
@@ -116,9 +119,8 @@ def table(results: dict) -> str:
         for mode in ("rot4", "rot8"):
             if f"e2e_b32_{mode}_images_per_s" in o:
                 lines.append(f"| inference e2e b32 images/s, --tta {mode} | {o[f'e2e_b32_{mode}_images_per_s']:.1f} | | |")
-        lines.append(f"| inference e2e b1 latency median / p95 ms | {o['e2e_b1_latency_ms_median']:.0f} / "
-                     f"{o['e2e_b1_latency_ms_p95']:.0f} | {nv['e2e_b1_latency_ms_median']:.0f} / "
-                     f"{nv['e2e_b1_latency_ms_p95']:.0f} | |")
+        latency = ("e2e_b1_latency_ms_median", "e2e_b1_latency_ms_p95")
+        lines.append(f"| inference e2e b1 latency median / p95 ms | {_pair(o, *latency)} | {_pair(nv, *latency)} | |")
         lines.append(f"| inference model-only ({o.get('precision', 'float32')}) b32 / b1 images/s | "
                      f"{o['model_b32_images_per_s']:.1f} / "
                      f"{o['model_b1_images_per_s']:.1f} | | |")
