@@ -36,6 +36,7 @@ CALIBRATION_IMAGES = 400    # annotations the calibration reads, spread evenly o
 CALIBRATION_TOLERANCE = 0.25  # model-input px: largest accepted re-projection RMS of any image
 INLIER_TOLERANCE = 2.0      # model-input px: a detection within this of the fitted pose is an inlier
 SCORE_SHARE = 0.75          # MSAC scale of the hypothesis score, as a share of the inlier tolerance
+ROBUST_SHARE = 0.25         # Cauchy scale of the final robust fit, as a share of the inlier tolerance
 SEED_POINTS = 12            # most confident detections whose every 4-subset seeds a pose (495 at most)
 
 
@@ -214,8 +215,8 @@ def fit_pose(vertices: np.ndarray, xy: np.ndarray, intrinsics: np.ndarray, toler
     the candidate with the highest MSAC score (:func:`_best_hypothesis`) is kept with the points within
     ``tolerance`` px of it. Levenberg-Marquardt then refines on them. With ``weights`` (N,), those
     weight the score, and a last robust fit over all points follows (:func:`_robust_refine`, Cauchy
-    scale ``tolerance / 2``). None when fewer than ``min_inliers`` agree, or the object would be behind
-    the camera."""
+    scale ``ROBUST_SHARE * tolerance``). None when fewer than ``min_inliers`` agree, or the object
+    would be behind the camera."""
     cv2 = _cv2()
     v = np.ascontiguousarray(vertices, np.float64)
     x = np.ascontiguousarray(xy, np.float64)
@@ -297,7 +298,8 @@ def _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights, seeds):
             break
         inl = new
     if weights is not None and np.isfinite(tolerance):
-        rvec, tvec = _robust_refine(v, x, intrinsics, rvec, tvec, np.asarray(weights, np.float64), tolerance / 2)
+        rvec, tvec = _robust_refine(v, x, intrinsics, rvec, tvec, np.asarray(weights, np.float64),
+                                      ROBUST_SHARE * tolerance)
     rot = cv2.Rodrigues(rvec)[0]
     if np.any((v @ rot.T + tvec.ravel())[:, 2] <= 0):
         return None

@@ -76,8 +76,8 @@ class InferConfig:
                         "exists (the model's sidecar, else the training data's annotations), else none.",
                         default="auto", meta={"choices": REFINES})
     second_look: str = _help("auto: with pose refinement, predict again on a window re-centred on the fitted "
-                             "pose and magnified up to the training's largest augmentation scale, and fit one "
-                             "pose to both looks' detections (twice the model work); off: one look.",
+                             "pose and magnified up to the training's largest augmentation scale, and fit the "
+                             "pose again to that look's detections (twice the model work); off: one look.",
                              default="auto", meta={"choices": LOOKS})
     vis_threshold: float = _help("A keypoint is predicted visible when its heatmap peak >= this (focal-loss "
                                  "heatmaps peak below 1; the summary reports the best-F1 threshold).", default=0.2)
@@ -348,9 +348,10 @@ def _refine(cam, preds, detected, sizes, geometry: Geometry, cfg: InferConfig):
 
 def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, cfg: InferConfig, meta: dict,
                  tta: str):
-    """Predict again on windows centred on the first estimate (:mod:`pipeline.second_look`) and fit one
-    pose to both looks' votes, seeded by the second look's detections. Images whose joint fit fails
-    keep the first look's result. Returns (xy normalised, {"boxes", "zooms", "ok", "zoom_max"})."""
+    """Predict again on windows centred on the first estimate (:mod:`pipeline.second_look`) and fit the
+    pose again: to the second look's votes alone when test-time turns give several per vertex, else to
+    both looks'. Images where that fit fails keep the first look's result.
+    Returns (xy normalised, {"boxes", "zooms", "ok", "zoom_max", "refined"})."""
     from pipeline.pose import refine_keypoints
     from pipeline.second_look import look_boxes, max_zoom, votes_of
 
@@ -364,12 +365,13 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
     again = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
                           decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes)
     both = ok & again.ok
-    to_orig1 = lambda a: geometry.from_normalised(a, safe)  # noqa: E731
-    to_orig2 = lambda a: Geometry.from_box(a, boxes)  # noqa: E731
-    v1 = votes_of(preds, to_orig1, cfg.decoder == "peak")
-    v2 = votes_of(again, to_orig2, cfg.decoder == "peak")
-    votes = (np.concatenate([v1[0], v2[0]], 1)[both], np.concatenate([v1[1], v2[1]], 1)[both],
-             np.concatenate([v1[2], v2[2]]))
+    turns = cfg.decoder == "peak" and again.turn_xy is not None
+    looks = [(again, lambda a: Geometry.from_box(a, boxes))]
+    if not turns:  # one detection per vertex and look: the first look's vote as well
+        looks.append((preds, lambda a: geometry.from_normalised(a, safe)))
+    v = [votes_of(p, to_orig, turns) for p, to_orig in looks]
+    votes = (np.concatenate([a[0] for a in v], 1)[both], np.concatenate([a[1] for a in v], 1)[both],
+             np.concatenate([a[2] for a in v]))
     seeds = Geometry.from_box(again.xy, boxes)
     out, info = refine_keypoints(cam, seeds[both], again.confidence[both], sizes[both], cfg.vis_threshold,
                                  geometry.input_px_scale, votes)

@@ -282,7 +282,8 @@ def test_pose_refinement_from_preprocessing_to_the_summary(tmp_path, monkeypatch
 def test_second_look_recentres_magnifies_and_sharpens(tmp_path, monkeypatch):
     """First look: the ground truth plus 0.4 model-px noise. Second look: an oracle that answers exactly
     in the window it is shown. The windows are centred on the object, magnified by the training's
-    largest scale, and the pose fitted to both looks is much closer to the truth than the first look's."""
+    largest scale, and the pose fitted to both looks' detections (one per vertex and look, no turns) is
+    much closer to the truth than the first look's."""
     from pipeline import second_look
     from pipeline.preprocess import preprocess
     from pipeline.synthetic import generate_dataset
