@@ -233,7 +233,7 @@ def format_summary(s: dict) -> str:
     look = s.get("second_look")
     if look:
         lines.append(f"second look on {look['images']} images (zoom up to {f(look['zoom_max'], 2)}, median "
-                     f"{f(look['zoom_median'], 2)}); pose refitted to the second look on {look['pose_refined_images']}")
+                     f"{f(look['zoom_median'], 2)}); pose refitted after it on {look['pose_refined_images']}")
     if s.get("skipped_files"):
         lines.append(f"skipped {len(s['skipped_files'])} unreadable file(s); listed in evaluation_summary.json")
     return "\n".join(lines)

@@ -77,7 +77,8 @@ class InferConfig:
                         default="auto", meta={"choices": REFINES})
     second_look: str = _help("auto: with pose refinement, predict again on a window re-centred on the fitted "
                              "pose and magnified up to the training's largest augmentation scale, and fit the "
-                             "pose again to that look's detections (twice the model work); off: one look.",
+                             "pose again to that look's detections (to both looks' without test-time turns; "
+                             "twice the model work); off: one look.",
                              default="auto", meta={"choices": LOOKS})
     vis_threshold: float = _help("A keypoint is predicted visible when its heatmap peak >= this (focal-loss "
                                  "heatmaps peak below 1; the summary reports the best-F1 threshold).", default=0.2)
@@ -353,7 +354,7 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
     both looks'. Images where that fit fails keep the first look's result.
     Returns (xy normalised, {"boxes", "zooms", "ok", "zoom_max", "refined"})."""
     from pipeline.pose import refine_keypoints
-    from pipeline.second_look import look_boxes, max_zoom, votes_of
+    from pipeline.second_look import final_votes, look_boxes, max_zoom
 
     sizes, ok = preds.sizes, preds.ok
     safe = np.where(sizes > 0, sizes, 1)
@@ -365,13 +366,9 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
     again = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
                           decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes)
     both = ok & again.ok
-    turns = cfg.decoder == "peak" and again.turn_xy is not None
-    looks = [(again, lambda a: Geometry.from_box(a, boxes))]
-    if not turns:  # one detection per vertex and look: the first look's vote as well
-        looks.append((preds, lambda a: geometry.from_normalised(a, safe)))
-    v = [votes_of(p, to_orig, turns) for p, to_orig in looks]
-    votes = (np.concatenate([a[0] for a in v], 1)[both], np.concatenate([a[1] for a in v], 1)[both],
-             np.concatenate([a[2] for a in v]))
+    xy_v, conf_v, vertex = final_votes(preds, again, lambda a: geometry.from_normalised(a, safe),
+                                       lambda a: Geometry.from_box(a, boxes), cfg.decoder == "peak")
+    votes = (xy_v[both], conf_v[both], vertex)
     seeds = Geometry.from_box(again.xy, boxes)
     out, info = refine_keypoints(cam, seeds[both], again.confidence[both], sizes[both], cfg.vis_threshold,
                                  geometry.input_px_scale, votes)

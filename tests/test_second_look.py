@@ -5,7 +5,9 @@ from PIL import Image
 
 from pipeline.geometry import Geometry
 from pipeline.images import crop_resize
-from pipeline.second_look import FILL, look_boxes, max_zoom
+from types import SimpleNamespace
+
+from pipeline.second_look import FILL, final_votes, look_boxes, max_zoom
 
 G = Geometry()  # 1920x1080 -> centre 1000x1000 crop [460, 40, 1460, 1040] -> 128 px
 
@@ -55,3 +57,30 @@ def test_a_window_shows_a_point_where_its_coordinates_say():
     got = np.array([(x * xs).sum(), (x * ys).sum()]) / x.sum()
     want = G.to_input(Geometry.to_box(np.array([[[1000.5, 550.5]]]), box[None]))[0, 0]
     np.testing.assert_allclose(got, want, atol=0.05)
+
+
+def _look(n, k, t, offset):
+    """Predictions of one look in normalised coords; ``t`` test-time turns (0: none)."""
+    rng = np.random.default_rng(int(offset * 10))
+    xy = rng.uniform(0.2, 0.8, (n, k, 2))
+    turn_xy = xy[:, None] + rng.normal(0, 0.01, (n, t, k, 2)) if t else None
+    return SimpleNamespace(xy=xy, confidence=np.full((n, k), 0.5 + offset), turn_xy=turn_xy,
+                           turn_conf=np.full((n, t, k), 0.5 + offset) if t else None)
+
+
+def test_final_votes_are_the_second_looks_turns_or_both_looks_detections():
+    n, k, t = 3, 4, 8
+    to1, to2 = (lambda a: 1000.0 * a), (lambda a: 2000.0 * a)
+    first, second = _look(n, k, t, 0.1), _look(n, k, t, 0.3)
+    xy, conf, vertex = final_votes(first, second, to1, to2, use_turns=True)  # turns: the second look's alone
+    assert xy.shape == (n, t * k, 2) and conf.shape == (n, t * k) and vertex.shape == (t * k,)
+    np.testing.assert_allclose(xy, 2000.0 * second.turn_xy.reshape(n, t * k, 2))
+    np.testing.assert_allclose(conf, 0.8)
+    np.testing.assert_array_equal(vertex, np.tile(np.arange(k), t))
+    for use_turns, a, b in ((False, first, second), (True, _look(n, k, 0, 0.1), _look(n, k, 0, 0.3))):
+        xy, conf, vertex = final_votes(a, b, to1, to2, use_turns)  # one detection per vertex and look: both
+        assert xy.shape == (n, 2 * k, 2)
+        np.testing.assert_allclose(xy[:, :k], 2000.0 * b.xy)
+        np.testing.assert_allclose(xy[:, k:], 1000.0 * a.xy)
+        np.testing.assert_allclose(conf, np.concatenate([np.full((n, k), 0.8), np.full((n, k), 0.6)], 1))
+        np.testing.assert_array_equal(vertex, np.r_[np.arange(k), np.arange(k)])
