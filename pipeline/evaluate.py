@@ -232,8 +232,10 @@ def format_summary(s: dict) -> str:
                      f"PCK @ 2 px {f(d['pck_percent'][_key(2)], 2)} %")
     look = s.get("second_look")
     if look:
-        lines.append(f"second look on {look['images']} images (zoom up to {f(look['zoom_max'], 2)}, median "
-                     f"{f(look['zoom_median'], 2)}); pose refitted after it on {look['pose_refined_images']}")
+        zr = look.get("zoom_range") or [None, None]
+        lines.append(f"second look on {look['images']} images (object filling up to {f(look['fill'], 2)} of the "
+                     f"window; zoom median {f(look['zoom_median'], 2)}, {f(zr[0], 2)}-{f(zr[1], 2)}); pose refitted "
+                     f"after it on {look['pose_refined_images']}")
     if s.get("skipped_files"):
         lines.append(f"skipped {len(s['skipped_files'])} unreadable file(s); listed in evaluation_summary.json")
     return "\n".join(lines)

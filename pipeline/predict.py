@@ -76,7 +76,8 @@ class InferConfig:
                         "exists (the model's sidecar, else the training data's annotations), else none.",
                         default="auto", meta={"choices": REFINES})
     second_look: str = _help("auto: with pose refinement, predict again on a window re-centred on the fitted "
-                             "pose and magnified up to the training's largest augmentation scale, and fit the "
+                             "pose and magnified until the object fills up to 0.9 of it (less where the model's "
+                             "training objects were smaller; never past one image pixel per input pixel), and fit the "
                              "pose again to that look's detections (to both looks' without test-time turns; "
                              "twice the model work); off: one look.",
                              default="auto", meta={"choices": LOOKS})
@@ -352,17 +353,17 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
     """Predict again on windows centred on the first estimate (:mod:`pipeline.second_look`) and fit the
     pose again: to the second look's votes alone when test-time turns give several per vertex, else to
     both looks'. Images where that fit fails keep the first look's result.
-    Returns (xy normalised, {"boxes", "zooms", "ok", "zoom_max", "refined"})."""
+    Returns (xy normalised, {"boxes", "zooms", "ok", "fill", "fill_note", "refined"})."""
     from pipeline.pose import refine_keypoints
-    from pipeline.second_look import final_votes, look_boxes, max_zoom
+    from pipeline.second_look import fill_share, final_votes, look_boxes
 
     sizes, ok = preds.sizes, preds.ok
     safe = np.where(sizes > 0, sizes, 1)
     first = geometry.from_normalised(xy, safe)
     refined = np.array([bool(p and p.get("refined")) for p in pose_info])
     mask = np.where(refined[:, None], True, preds.confidence >= cfg.vis_threshold)
-    zoom = max_zoom(meta.get("train"))
-    boxes, zooms = look_boxes(geometry, safe, first, mask, zoom)
+    fill, fill_note = fill_share(meta)
+    boxes, zooms = look_boxes(geometry, safe, first, mask, fill)
     again = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
                           decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes)
     both = ok & again.ok
@@ -377,7 +378,7 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
         if info[j]["refined"]:
             xy[i] = geometry.to_normalised(out[j], safe[i])
             pose_info[i] = {**info[j], "looks": 2}
-    return xy, {"boxes": boxes, "zooms": zooms, "ok": both, "zoom_max": zoom,
+    return xy, {"boxes": boxes, "zooms": zooms, "ok": both, "fill": fill, "fill_note": fill_note,
                 "refined": np.array([bool(p and p.get("looks") == 2) for p in pose_info])}
 
 
@@ -385,9 +386,10 @@ def _look_summary(look, ok) -> dict | None:
     if look is None:
         return None
     z = look["zooms"][look["ok"]]
-    return {"zoom_max": float(look["zoom_max"]), "images": int(look["ok"].sum()),
+    return {"fill": float(look["fill"]), "fill_note": look["fill_note"], "images": int(look["ok"].sum()),
             "pose_refined_images": int(look["refined"].sum()),
-            "zoom_median": float(np.median(z)) if len(z) else None}
+            "zoom_median": float(np.median(z)) if len(z) else None,
+            "zoom_range": [float(z.min()), float(z.max())] if len(z) else None}
 
 
 def run(cfg: InferConfig) -> dict:

@@ -4,15 +4,16 @@ The first pass sees the object wherever it sits in the fixed crop, at the scale 
 the first pass has placed it (the vertices projected under the fitted pose, else the confident
 detections), a second window centred on it and ``zoom`` times smaller puts ``zoom`` times more
 input pixels on every edge of it, and a model that is off by a fraction of one of its pixels is off
-by ``1 / zoom`` as much in the image. The zoom stays within what training showed the model: the
-largest scale of its geometric augmentation (``1 + scale_range``; no zoom, only re-centring, for a
-model trained without it), and no more than keeps the object's extent within ``FILL`` of the
-window. The pose (``pipeline.pose``) is then fitted again. With test-time turns, each vertex has
-several detections per look, and the second look's alone vote: with rot8 on the benchmark model
-that beat letting the first look's vote as well (0.53 against 0.59 px mean on its 300 held-out
-renders, 0.47 against 0.49 px on 1,000 others). With one detection per vertex and look, both looks
-vote (alone, the second look's 11 gave 0.97 against 0.89 px). The first look places the window, and
-an image keeps its result where the second fit fails.
+by ``1 / zoom`` as much in the image. The window is magnified until the object fills a share of it
+(:func:`fill_share`): ``FILL``, or less where the model was never trained on objects that large (the
+95th percentile of the objects' extents in its training arrays, times the largest scale of its
+geometric augmentation), so that the magnified object stays within the sizes the model has seen. It
+is never magnified past one original pixel per input pixel. The pose (``pipeline.pose``) is then
+fitted again. With test-time turns, each vertex has several detections per look, and the second
+look's alone vote: with rot8 on the benchmark model that beat letting the first look's vote as well
+(0.53 against 0.59 px mean on its 300 held-out renders, 0.47 against 0.49 px on 1,000 others). With
+one detection per vertex and look, both looks vote (alone, the second look's 11 gave 0.97 against
+0.89 px). The first look places the window, and an image keeps its result where the second fit fails.
 """
 
 from __future__ import annotations
@@ -21,26 +22,50 @@ import numpy as np
 
 from pipeline.geometry import Geometry
 
-FILL = 0.9  # the object's extent (per axis) stays within this share of the second window
+FILL = 0.9  # the largest share of the second window (per axis) the object's extent may fill
+EXTENT_PERCENTILE = 95.0  # of the training objects' extents: how large an object the model has seen
 LOOKS = ("auto", "off")
 
 
-def max_zoom(train: dict | None) -> float:
-    """The largest magnification the model was trained on: ``1 + scale_range`` of its geometric
-    augmentation, 1 (re-centring only) when it drew none."""
-    t = train or {}
-    if float(t.get("affine_prob") or 0.0) <= 0.0:
-        return 1.0
-    return 1.0 + max(0.0, float(t.get("scale_range") or 0.0))
+def object_extent(coords: np.ndarray, percentile: float = EXTENT_PERCENTILE) -> float | None:
+    """The ``percentile`` of the objects' extents in ``coords`` (N, 2K) normalised, -1 where not visible:
+    per sample, the larger side of the visible keypoints' bounding box, as a share of the crop side.
+    None without a sample of two or more visible keypoints. Stored in the model sidecar by training."""
+    xy = np.asarray(coords, np.float64).reshape(len(coords), -1, 2)
+    vis = (xy >= 0.0).all(-1)
+    keep = vis.sum(1) >= 2
+    if not keep.any():
+        return None
+    xy, vis = xy[keep], vis[keep]
+    lo = np.where(vis[..., None], xy, np.inf).min(1)
+    hi = np.where(vis[..., None], xy, -np.inf).max(1)
+    return float(np.percentile((hi - lo).max(1), percentile))
+
+
+def fill_share(meta: dict | None) -> tuple[float, str]:
+    """(the share of the second window the object may fill, why): ``FILL``, or the training objects'
+    extent (sidecar ``objects.extent``) times the largest scale of the geometric augmentation
+    (``1 + scale_range`` when it was on) where that is smaller."""
+    meta = meta or {}
+    extent = (meta.get("objects") or {}).get("extent")
+    if extent is None:
+        return FILL, f"{FILL:g} (the model's sidecar gives no training object extent)"
+    t = meta.get("train") or {}
+    scale = 1.0 + max(0.0, float(t.get("scale_range") or 0.0)) if float(t.get("affine_prob") or 0.0) > 0 else 1.0
+    seen = float(extent) * scale
+    if seen >= FILL:
+        return FILL, f"{FILL:g}"
+    return seen, f"{seen:.2f} (training objects' extent {float(extent):.2f} x largest augmentation scale {scale:g})"
 
 
 def look_boxes(geometry: Geometry, sizes: np.ndarray, points: np.ndarray, mask: np.ndarray,
-               zoom: float) -> tuple[np.ndarray, np.ndarray]:
+               fill: float) -> tuple[np.ndarray, np.ndarray]:
     """Second-look windows: (boxes (N, 4) original px, zooms (N,)).
 
     Each image's window is the geometry's crop window, centred on the bounding box of its ``points``
-    (N, K, 2) original px where ``mask`` (N, K), and magnified by up to ``zoom`` while that bounding box
-    fits ``FILL`` of it (never below 1). Images without such points keep the crop window, zoom 1.
+    (N, K, 2) original px where ``mask`` (N, K), and magnified until that bounding box fills ``fill`` of
+    it, but never below 1 nor past one original pixel per model-input pixel. Images without such
+    points keep the crop window, zoom 1.
     """
     sizes = np.where(np.asarray(sizes) > 0, sizes, 1)
     base = geometry.crop_box(sizes)
@@ -51,8 +76,9 @@ def look_boxes(geometry: Geometry, sizes: np.ndarray, points: np.ndarray, mask: 
     has = m.any(1)
     lo, hi = np.where(has[:, None], lo, base[:, :2]), np.where(has[:, None], hi, base[:, 2:])
     centre, extent = 0.5 * (lo + hi), hi - lo
-    fit = FILL * np.min(side / np.maximum(extent, 1e-9), axis=1)
-    zooms = np.where(has, np.clip(fit, 1.0, max(1.0, zoom)), 1.0)
+    fit = fill * np.min(side / np.maximum(extent, 1e-9), axis=1)
+    sharpest = np.maximum(1.0, side.min(1) / geometry.input_size)
+    zooms = np.where(has, np.clip(fit, 1.0, sharpest), 1.0)
     return geometry.look_box(sizes, centre, zooms), zooms
 
 

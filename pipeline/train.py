@@ -32,6 +32,7 @@ from pipeline.losses import PCK, FocalHeatmapLoss, MaskedL1Loss, PixelError
 from pipeline.model import ModelConfig, build_model, check_heatmap_size, resolve_weights, set_backbone_trainable
 from pipeline.optimizers import FusedAdam
 from pipeline.precision import apply_precision
+from pipeline.second_look import EXTENT_PERCENTILE, object_extent
 from pipeline.training_config import TrainConfig
 
 
@@ -313,7 +314,8 @@ def _train(cfg: TrainConfig, dist, scratch: Path | None, extra_callbacks, t_star
     meta = {"preprocess": pre, "train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg),
             "num_keypoints": k, "precision": policy, "backbone_init": note, "val_stems": val_stems,
             "targets": {"heat_size": heat_size, "sigma": sigma_end, **({"sigma_start": sigma} if schedule else {})},
-            "low_res": {"factor": low_res_factor, "reason": low_res_why}}
+            "low_res": {"factor": low_res_factor, "reason": low_res_why},
+            "objects": {"extent": object_extent(ds.coords), "percentile": EXTENT_PERCENTILE, "images": len(ds)}}
     if chief:
         write_json(run_dir / "split.json", {"seed": cfg.seed, "val_split": cfg.val_split,
                                              "val_indices": val_idx, "val_stems": val_stems})

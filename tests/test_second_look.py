@@ -1,38 +1,53 @@
-"""The second look's windows: centred on the object, magnified within the training's scale range."""
+"""The second look's windows: centred on the object, magnified to the sizes of the training objects."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.geometry import Geometry
 from pipeline.images import crop_resize
 from types import SimpleNamespace
 
-from pipeline.second_look import FILL, final_votes, look_boxes, max_zoom
+from pipeline.second_look import FILL, fill_share, final_votes, look_boxes, object_extent
 
 G = Geometry()  # 1920x1080 -> centre 1000x1000 crop [460, 40, 1460, 1040] -> 128 px
 
 
-def test_max_zoom_follows_the_training_augmentation():
-    assert max_zoom(None) == max_zoom({}) == 1.0
-    assert max_zoom({"affine_prob": 0.0, "scale_range": 0.2}) == 1.0  # never trained on other scales
-    assert max_zoom({"affine_prob": 0.5, "scale_range": 0.2}) == 1.2
-    assert max_zoom({"affine_prob": 0.5, "scale_range": 0.35}) == 1.35
+def test_object_extent_is_a_percentile_of_the_visible_boxes():
+    k = 3
+    coords = np.full((5, 2 * k), -1.0)
+    for i, side in enumerate([0.1, 0.2, 0.3, 0.4]):
+        coords[i, :4] = [0.2, 0.3, 0.2 + side, 0.3 + side / 2]  # two visible keypoints, x extent = side
+    coords[4, :2] = [0.5, 0.5]  # one visible keypoint: no extent, left out
+    assert object_extent(coords, 100.0) == pytest.approx(0.4)
+    assert object_extent(coords, 50.0) == pytest.approx(0.25)
+    assert object_extent(np.full((2, 2 * k), -1.0)) is None
 
 
-def test_look_boxes_centre_on_the_object_and_keep_it_inside():
-    pts = np.full((3, 2, 2), np.nan)
-    pts[0] = [[900.0, 500.0], [1100.0, 600.0]]  # small object: the full zoom
+def test_fill_share_stays_within_the_training_objects():
+    assert fill_share(None)[0] == fill_share({})[0] == FILL  # no sidecar figure: the default share
+    small = {"objects": {"extent": 0.5}, "train": {"affine_prob": 0.5, "scale_range": 0.2}}
+    assert fill_share(small)[0] == pytest.approx(0.6)  # 0.5 seen, 1.2x by the augmentation
+    assert fill_share({**small, "train": {"affine_prob": 0.0, "scale_range": 0.2}})[0] == pytest.approx(0.5)
+    assert fill_share({"objects": {"extent": 0.8}, "train": small["train"]})[0] == FILL  # 0.96 > FILL
+
+
+def test_look_boxes_centre_on_the_object_fill_the_share_and_keep_it_inside():
+    pts = np.full((4, 2, 2), np.nan)
+    pts[0] = [[900.0, 500.0], [1100.0, 600.0]]  # 200 px wide: 0.9 of the window at zoom 4.5
     pts[1] = [[400.0, 300.0], [1400.0, 700.0]]  # 1000 px wide: 0.9 of the window caps the zoom below 1 -> 1
-    mask = np.array([[True, True], [True, True], [False, False]])  # image 2: nothing to centre on
-    boxes, zooms = look_boxes(G, np.array([[1920, 1080]] * 3), pts, mask, 1.2)
-    np.testing.assert_allclose(zooms, [1.2, 1.0, 1.0])
-    h = 500 / 1.2
+    pts[3] = [[990.0, 540.0], [1010.0, 550.0]]  # 20 px wide: capped at one image px per input px
+    mask = np.array([[True, True], [True, True], [False, False], [True, True]])  # image 2: nothing to centre on
+    sizes = np.array([[1920, 1080]] * 4)
+    boxes, zooms = look_boxes(G, sizes, pts, mask, 0.9)
+    np.testing.assert_allclose(zooms, [4.5, 1.0, 1.0, 1000 / 128])
+    h = 500 / 4.5
     np.testing.assert_allclose(boxes[0], [1000 - h, 550 - h, 1000 + h, 550 + h])
     np.testing.assert_allclose(boxes[1], [400.0, 0.0, 1400.0, 1000.0])
     np.testing.assert_allclose(boxes[2], G.crop_box((1920, 1080)))
-    pts[0] = [[900.0, 500.0], [900.0 + 1000 * FILL / 1.1, 600.0]]  # extent caps the zoom at 1.1
-    _, zooms = look_boxes(G, np.array([[1920, 1080]] * 3), pts, mask, 1.2)
-    np.testing.assert_allclose(zooms[0], 1.1)
+    np.testing.assert_allclose(boxes[3, 2:] - boxes[3, :2], [128.0, 128.0])
+    _, zooms = look_boxes(G, sizes, pts, mask, 0.6)  # a smaller share: 3x
+    np.testing.assert_allclose(zooms[0], 3.0)
 
 
 def test_box_coordinates_round_trip_and_match_the_crop():

@@ -55,6 +55,12 @@ def test_tiny_training_writes_everything_and_learns(data_dir, tmp_path):
     split = json.loads((run / "split.json").read_text())
     assert meta["val_stems"] == split["val_stems"] and len(split["val_stems"]) == 7
     assert meta["preprocess"]["heat_size"] == 16
+    from pipeline.arrays import load_dataset
+    from pipeline.second_look import object_extent
+
+    coords = load_dataset(data_dir).coords
+    assert meta["objects"]["images"] == 48 and meta["objects"]["percentile"] == 95.0
+    assert meta["objects"]["extent"] == pytest.approx(object_extent(coords)) and 0.0 < meta["objects"]["extent"] <= 1.0
     assert np.isfinite(summary["train_images_per_second"])
 
     # The same command again: the finished run and its model are left as they are.
