@@ -235,7 +235,8 @@ def format_summary(s: dict) -> str:
         zr = look.get("zoom_range") or [None, None]
         lines.append(f"second look on {look['images']} images (object filling up to {f(look['fill'], 2)} of the "
                      f"window; zoom median {f(look['zoom_median'], 2)}, {f(zr[0], 2)}-{f(zr[1], 2)}); pose refitted "
-                     f"after it on {look['pose_refined_images']}")
+                     f"after it on {look['pose_refined_images']} (to both looks' detections on "
+                     f"{look.get('looks_disagreed_images', 0)}, where the looks disagreed)")
     if s.get("skipped_files"):
         lines.append(f"skipped {len(s['skipped_files'])} unreadable file(s); listed in evaluation_summary.json")
     return "\n".join(lines)

@@ -351,11 +351,11 @@ def _refine(cam, preds, detected, sizes, geometry: Geometry, cfg: InferConfig):
 def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, cfg: InferConfig, meta: dict,
                  tta: str):
     """Predict again on windows centred on the first estimate (:mod:`pipeline.second_look`) and fit the
-    pose again: to the second look's votes alone when test-time turns give several per vertex, else to
-    both looks'. Images where that fit fails keep the first look's result.
-    Returns (xy normalised, {"boxes", "zooms", "ok", "fill", "fill_note", "refined"})."""
+    pose again: to the second look's votes alone when test-time turns give several per vertex and the
+    looks agree, else to both looks'. Images where that fit fails keep the first look's result.
+    Returns (xy normalised, {"boxes", "zooms", "ok", "fill", "fill_note", "refined", "disagreed"})."""
     from pipeline.pose import refine_keypoints
-    from pipeline.second_look import fill_share, final_votes, look_boxes
+    from pipeline.second_look import DISAGREEMENT, disagreement, fill_share, final_votes, look_boxes
 
     sizes, ok = preds.sizes, preds.ok
     safe = np.where(sizes > 0, sizes, 1)
@@ -366,20 +366,32 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
     boxes, zooms = look_boxes(geometry, safe, first, mask, fill)
     again = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
                           decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes)
-    both = ok & again.ok
-    xy_v, conf_v, vertex = final_votes(preds, again, lambda a: geometry.from_normalised(a, safe),
-                                       lambda a: Geometry.from_box(a, boxes), cfg.decoder == "peak")
-    votes = (xy_v[both], conf_v[both], vertex)
+    both = np.flatnonzero(ok & again.ok)
     seeds = Geometry.from_box(again.xy, boxes)
-    out, info = refine_keypoints(cam, seeds[both], again.confidence[both], sizes[both], cfg.vis_threshold,
-                                 geometry.input_px_scale, votes)
-    xy = xy.copy()
-    for j, i in enumerate(np.flatnonzero(both)):
+    looks = (preds, again, lambda a: geometry.from_normalised(a, safe), lambda a: Geometry.from_box(a, boxes),
+             cfg.decoder == "peak")
+
+    def fit(idx, votes):
+        return refine_keypoints(cam, seeds[idx], again.confidence[idx], sizes[idx], cfg.vis_threshold,
+                                geometry.input_px_scale, (votes[0][idx], votes[1][idx], votes[2]))
+
+    out, info = fit(both, final_votes(*looks))
+    xy, disagreed = xy.copy(), np.zeros(len(xy), bool)
+    fitted = np.array([i["refined"] for i in info], bool)
+    new = np.where(fitted[:, None, None], geometry.to_normalised(out, safe[both]), xy[both])
+    far = fitted & (disagreement(geometry.to_input(xy[both]), geometry.to_input(new)) >= DISAGREEMENT)
+    if far.any() and looks[4] and again.turn_xy is not None:  # the looks disagree: both looks' votes decide
+        redo = both[far]
+        out_b, info_b = fit(redo, final_votes(*looks, both=True))
+        for j, o, i in zip(np.flatnonzero(far), out_b, info_b):
+            out[j], info[j] = o, {**i, "looks_disagreed": True}
+        disagreed[redo] = True
+    for j, i in enumerate(both):
         if info[j]["refined"]:
             xy[i] = geometry.to_normalised(out[j], safe[i])
             pose_info[i] = {**info[j], "looks": 2}
-    return xy, {"boxes": boxes, "zooms": zooms, "ok": both, "fill": fill, "fill_note": fill_note,
-                "refined": np.array([bool(p and p.get("looks") == 2) for p in pose_info])}
+    return xy, {"boxes": boxes, "zooms": zooms, "ok": ok & again.ok, "fill": fill, "fill_note": fill_note,
+                "refined": np.array([bool(p and p.get("looks") == 2) for p in pose_info]), "disagreed": disagreed}
 
 
 def _look_summary(look, ok) -> dict | None:
@@ -387,7 +399,7 @@ def _look_summary(look, ok) -> dict | None:
         return None
     z = look["zooms"][look["ok"]]
     return {"fill": float(look["fill"]), "fill_note": look["fill_note"], "images": int(look["ok"].sum()),
-            "pose_refined_images": int(look["refined"].sum()),
+            "pose_refined_images": int(look["refined"].sum()), "looks_disagreed_images": int(look["disagreed"].sum()),
             "zoom_median": float(np.median(z)) if len(z) else None,
             "zoom_range": [float(z.min()), float(z.max())] if len(z) else None}
 

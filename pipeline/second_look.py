@@ -11,9 +11,11 @@ geometric augmentation), so that the magnified object stays within the sizes the
 is never magnified past one original pixel per input pixel. The pose (``pipeline.pose``) is then
 fitted again. With test-time turns, each vertex has several detections per look, and the second
 look's alone vote: with rot8 on the benchmark model that beat letting the first look's vote as well
-(0.53 against 0.59 px mean on its 300 held-out renders, 0.47 against 0.49 px on 1,000 others). With
-one detection per vertex and look, both looks vote (alone, the second look's 11 gave 0.97 against
-0.89 px). The first look places the window, and an image keeps its result where the second fit fails.
+(0.53 against 0.59 px mean on its 300 held-out renders, 0.47 against 0.49 px on 1,000 others), unless
+the two looks' poses disagree (their vertices a median ``DISAGREEMENT`` model px or more apart): then
+neither look is trusted alone, and both vote. With one detection per vertex and look, both looks
+always vote (alone, the second look's 11 gave 0.97 against 0.89 px). The first look places the
+window, and an image keeps its result where the second fit fails.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pipeline.geometry import Geometry
 
 FILL = 0.9  # the largest share of the second window (per axis) the object's extent may fill
 EXTENT_PERCENTILE = 95.0  # of the training objects' extents: how large an object the model has seen
+DISAGREEMENT = 3.0  # model-input px: the looks' poses disagree when their vertices lie this far apart (median)
 LOOKS = ("auto", "off")
 
 
@@ -82,14 +85,20 @@ def look_boxes(geometry: Geometry, sizes: np.ndarray, points: np.ndarray, mask: 
     return geometry.look_box(sizes, centre, zooms), zooms
 
 
-def final_votes(first, second, first_to_orig, second_to_orig, use_turns: bool):
+def final_votes(first, second, first_to_orig, second_to_orig, use_turns: bool, both: bool = False):
     """The votes for the pose refitted after the second look (see the module docstring): the second
-    look's own when test-time turns give several per vertex, else both looks' (second look first).
-    Same layout as :func:`votes_of`."""
+    look's own when test-time turns give several per vertex (unless ``both``), else both looks'
+    (second look first). Same layout as :func:`votes_of`."""
     turns = use_turns and second.turn_xy is not None
-    looks = [(second, second_to_orig)] + ([] if turns else [(first, first_to_orig)])
+    looks = [(second, second_to_orig)] + ([] if turns and not both else [(first, first_to_orig)])
     v = [votes_of(p, to_orig, turns) for p, to_orig in looks]
     return tuple(np.concatenate([a[j] for a in v], axis=1 if j < 2 else 0) for j in range(3))
+
+
+def disagreement(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(N,) median distance between each image's keypoints ``first`` and ``second`` (N, K, 2), in
+    their units: how far apart the two looks' poses put the object."""
+    return np.median(np.linalg.norm(np.asarray(second, np.float64) - first, axis=-1), axis=1)
 
 
 def votes_of(preds, to_orig, use_turns: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -318,7 +318,7 @@ def test_second_look_recentres_magnifies_and_sharpens(tmp_path, monkeypatch):
     assert use_vis.main(args) == 0
     s = json.loads((out / "evaluation_summary.json").read_text())
     assert s["second_look"]["images"] == n and s["second_look"]["fill"] == pytest.approx(0.6)
-    assert s["second_look"]["pose_refined_images"] >= 4
+    assert s["second_look"]["pose_refined_images"] >= 4 and s["second_look"]["looks_disagreed_images"] == 0
     assert s["detections_before_refinement"]["euclidean_mean"] > 0.3  # the first look's noise
     assert s["euclidean_mean"] < 0.6 * one["euclidean_mean"], (s["euclidean_mean"], one["euclidean_mean"])
     checked, zooms = 0, []

@@ -8,7 +8,7 @@ from pipeline.geometry import Geometry
 from pipeline.images import crop_resize
 from types import SimpleNamespace
 
-from pipeline.second_look import FILL, fill_share, final_votes, look_boxes, object_extent
+from pipeline.second_look import FILL, disagreement, fill_share, final_votes, look_boxes, object_extent
 
 G = Geometry()  # 1920x1080 -> centre 1000x1000 crop [460, 40, 1460, 1040] -> 128 px
 
@@ -99,3 +99,20 @@ def test_final_votes_are_the_second_looks_turns_or_both_looks_detections():
         np.testing.assert_allclose(xy[:, k:], 1000.0 * a.xy)
         np.testing.assert_allclose(conf, np.concatenate([np.full((n, k), 0.8), np.full((n, k), 0.6)], 1))
         np.testing.assert_array_equal(vertex, np.r_[np.arange(k), np.arange(k)])
+    # looks that disagree: both looks' turns vote, the second look's first
+    xy, conf, vertex = final_votes(first, second, to1, to2, use_turns=True, both=True)
+    assert xy.shape == (n, 2 * t * k, 2)
+    np.testing.assert_allclose(xy[:, : t * k], 2000.0 * second.turn_xy.reshape(n, t * k, 2))
+    np.testing.assert_allclose(xy[:, t * k:], 1000.0 * first.turn_xy.reshape(n, t * k, 2))
+    np.testing.assert_allclose(conf[:, : t * k], 0.8)
+    np.testing.assert_allclose(conf[:, t * k:], 0.6)
+    np.testing.assert_array_equal(vertex, np.tile(np.arange(k), 2 * t))
+
+
+def test_disagreement_is_the_median_distance_between_the_looks():
+    first = np.zeros((2, 5, 2))
+    second = first.copy()
+    second[0, :, 0] = [1.0, 2.0, 3.0, 4.0, 40.0]  # one vertex far off does not move the median
+    second[1] = [[3.0, 4.0]] * 5  # the whole object moved by 5
+    np.testing.assert_allclose(disagreement(first, second), [3.0, 5.0])
+    np.testing.assert_allclose(disagreement(first, first), [0.0, 0.0])
