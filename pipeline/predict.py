@@ -368,6 +368,7 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
                           decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes)
     both = np.flatnonzero(ok & again.ok)
     seeds = Geometry.from_box(again.xy, boxes)
+    turns = cfg.decoder == "peak" and again.turn_xy is not None  # several votes per vertex and look
     looks = (preds, again, lambda a: geometry.from_normalised(a, safe), lambda a: Geometry.from_box(a, boxes),
              cfg.decoder == "peak")
 
@@ -380,7 +381,7 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
     fitted = np.array([i["refined"] for i in info], bool)
     new = np.where(fitted[:, None, None], geometry.to_normalised(out, safe[both]), xy[both])
     far = fitted & (disagreement(geometry.to_input(xy[both]), geometry.to_input(new)) >= DISAGREEMENT)
-    if far.any() and looks[4] and again.turn_xy is not None:  # the looks disagree: both looks' votes decide
+    if far.any() and turns:  # the looks disagree: both looks' votes decide (without turns they already did)
         redo = both[far]
         out_b, info_b = fit(redo, final_votes(*looks, both=True))
         for j, o, i in zip(np.flatnonzero(far), out_b, info_b):

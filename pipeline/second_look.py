@@ -56,9 +56,8 @@ def fill_share(meta: dict | None) -> tuple[float, str]:
     t = meta.get("train") or {}
     scale = 1.0 + max(0.0, float(t.get("scale_range") or 0.0)) if float(t.get("affine_prob") or 0.0) > 0 else 1.0
     seen = float(extent) * scale
-    if seen >= FILL:
-        return FILL, f"{FILL:g}"
-    return seen, f"{seen:.2f} (training objects' extent {float(extent):.2f} x largest augmentation scale {scale:g})"
+    why = f"training objects' extent {float(extent):.2f} x largest augmentation scale {scale:g} = {seen:.2f}"
+    return (FILL, f"{FILL:g} ({why} reaches it)") if seen >= FILL else (seen, f"{seen:.2f} ({why})")
 
 
 def look_boxes(geometry: Geometry, sizes: np.ndarray, points: np.ndarray, mask: np.ndarray,
