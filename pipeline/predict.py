@@ -368,22 +368,23 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
                           decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes)
     both = np.flatnonzero(ok & again.ok)
     seeds = Geometry.from_box(again.xy, boxes)
-    turns = cfg.decoder == "peak" and again.turn_xy is not None  # several votes per vertex and look
-    looks = (preds, again, lambda a: geometry.from_normalised(a, safe), lambda a: Geometry.from_box(a, boxes),
-             cfg.decoder == "peak")
+    peak = cfg.decoder == "peak"
+    turns = peak and again.turn_xy is not None  # several votes per vertex and look
 
-    def fit(idx, votes):
+    def fit(idx, both_looks=False):
+        votes = final_votes(preds, again, lambda a: geometry.from_normalised(a, safe),
+                            lambda a: Geometry.from_box(a, boxes), peak, both_looks)
         return refine_keypoints(cam, seeds[idx], again.confidence[idx], sizes[idx], cfg.vis_threshold,
                                 geometry.input_px_scale, (votes[0][idx], votes[1][idx], votes[2]))
 
-    out, info = fit(both, final_votes(*looks))
+    out, info = fit(both)
     xy, disagreed = xy.copy(), np.zeros(len(xy), bool)
     fitted = np.array([i["refined"] for i in info], bool)
     new = np.where(fitted[:, None, None], geometry.to_normalised(out, safe[both]), xy[both])
     far = fitted & (disagreement(geometry.to_input(xy[both]), geometry.to_input(new)) >= DISAGREEMENT)
     if far.any() and turns:  # the looks disagree: both looks' votes decide (without turns they already did)
         redo = both[far]
-        out_b, info_b = fit(redo, final_votes(*looks, both=True))
+        out_b, info_b = fit(redo, both_looks=True)
         for j, o, i in zip(np.flatnonzero(far), out_b, info_b):
             out[j], info[j] = o, {**i, "looks_disagreed": True}
         disagreed[redo] = True

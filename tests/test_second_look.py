@@ -1,13 +1,13 @@
 """The second look's windows: centred on the object, magnified to the sizes of the training objects."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline.geometry import Geometry
 from pipeline.images import crop_resize
-from types import SimpleNamespace
-
 from pipeline.second_look import FILL, disagreement, fill_share, final_votes, look_boxes, object_extent
 
 G = Geometry()  # 1920x1080 -> centre 1000x1000 crop [460, 40, 1460, 1040] -> 128 px
