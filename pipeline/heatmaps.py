@@ -119,23 +119,23 @@ def decode_peak(heatmaps, refine: bool = True, eps: float = 1e-10):
     Returns:
         xy: (..., K, 2) normalised (x, y); confidence: (..., K) peak heatmap value.
     """
-    h = np.asarray(heatmaps, dtype=np.float64)
+    h = np.asarray(heatmaps)
+    if h.dtype.kind != "f":
+        h = h.astype(np.float64)
     lead = h.shape[:-3]
     s, k = h.shape[-2], h.shape[-1]
     h = h.reshape((-1, s, s, k))
-    flat = h.transpose(0, 3, 1, 2).reshape(h.shape[0], k, s * s)  # (M, K, S*S)
-    idx = flat.argmax(axis=-1)
-    conf = np.take_along_axis(flat, idx[..., None], -1)[..., 0]
+    idx = h.reshape(h.shape[0], s * s, k).argmax(axis=1)  # (M, K), row-major pixel index
+    m_i, k_i = np.indices(idx.shape)
     r, c = np.divmod(idx, s)
+    conf = h[m_i, r, c, k_i].astype(np.float64)
     dx = np.zeros(r.shape)
     dy = np.zeros(r.shape)
-    if refine and s >= 3:
-        logm = np.log(np.maximum(flat, eps)).reshape(h.shape[0], k, s, s)
+    if refine and s >= 3:  # the log is needed at the 3x3 pixels around each peak only
         rr, cc = np.clip(r, 1, s - 2), np.clip(c, 1, s - 2)
-        m_i, k_i = np.indices(r.shape)
 
         def at(dr, dc):
-            return logm[m_i, k_i, rr + dr, cc + dc]
+            return np.log(np.maximum(h[m_i, rr + dr, cc + dc, k_i].astype(np.float64), eps))
 
         dx, dy = _newton_step(at, (r == rr) & (c == cc), np.where, np.clip)
     xy = np.stack([(c + 0.5 + dx) / s, (r + 0.5 + dy) / s], axis=-1)

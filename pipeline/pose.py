@@ -338,13 +338,12 @@ def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, 
     if votes is None:
         votes = (out, confidence, np.arange(out.shape[1]))
     vote_xy, vote_conf, vertex = (np.asarray(v) for v in votes)
-    info = []
-    for i in range(len(out)):
+
+    def one(i):
         size = tuple(int(v) for v in sizes[i])
         if size != tuple(cam.image_size):
-            info.append({"refined": False, "reason": f"image size {size[0]}x{size[1]} is not the calibrated "
-                                                     f"{cam.image_size[0]}x{cam.image_size[1]}"})
-            continue
+            return None, {"refined": False, "reason": f"image size {size[0]}x{size[1]} is not the calibrated "
+                                                      f"{cam.image_size[0]}x{cam.image_size[1]}"}
         scale = float(np.mean(px_per_input_px(size)))
         cand = np.flatnonzero((vote_conf[i] >= min_confidence) & np.isfinite(vote_xy[i]).all(1))
         own = np.flatnonzero((confidence[i] >= min_confidence) & np.isfinite(out[i]).all(1))
@@ -353,12 +352,30 @@ def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, 
                        weights=vote_conf[i, cand], seeds=(cam.vertices[own], out[i, own]))
         agree = np.unique(vertex[cand[fit.inliers]]) if fit is not None else np.zeros(0, int)
         if len(agree) < MIN_INLIERS:
-            info.append({"refined": False, "reason": f"fewer than {MIN_INLIERS} confident detections agree on a pose"})
-            continue
-        out[i] = project(cam.vertices, fit.rvec, fit.tvec, cam.intrinsics)
-        info.append({"refined": True, "inliers": agree.tolist(), "votes": int(len(fit.inliers)),
-                     "rms_input_px": fit.rms / scale, "rvec": fit.rvec.tolist(), "tvec": fit.tvec.tolist()})
+            return None, {"refined": False, "reason": f"fewer than {MIN_INLIERS} confident detections agree on a pose"}
+        return project(cam.vertices, fit.rvec, fit.tvec, cam.intrinsics), {
+            "refined": True, "inliers": agree.tolist(), "votes": int(len(fit.inliers)),
+            "rms_input_px": fit.rms / scale, "rvec": fit.rvec.tolist(), "tvec": fit.tvec.tolist()}
+
+    info = []
+    for i, (xy_i, info_i) in enumerate(_map_images(one, len(out))):
+        if xy_i is not None:
+            out[i] = xy_i
+        info.append(info_i)
     return out, info
+
+
+def _map_images(fn, n: int):
+    """``fn`` over range(n), in order, on one thread per core: OpenCV releases the GIL while it solves,
+    so the per-image fits of a batch run side by side (each fit is deterministic on its own)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(n, os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(i) for i in range(n)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, range(n)))
 
 def _spread(items: list, n: int = CALIBRATION_IMAGES) -> list:
     """At most ``n`` of ``items``, evenly spaced over the list (first and last included)."""

@@ -17,6 +17,7 @@ Legend: B batch, S input side, Sh heatmap side, K keypoints, T turns.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -107,13 +108,11 @@ def merge_outputs(out: dict, mode: str) -> dict:
     h = h.reshape((t, b) + h.shape[1:])
     c = np.asarray(out["coords"], np.float64).reshape(t, b, -1, 2)
     total = np.zeros(h.shape[1:], np.float64)
-    weight = np.zeros((1,) + h.shape[2:4] + (1,), np.float64)
     xy = np.zeros(c.shape[1:], np.float64)
     for i, a in enumerate(angles):
         total += _rotate(h[i], -a)
-        weight += _rotate(np.ones_like(weight, np.float32), -a)
         xy += Geometry.rotate(c[i], -a)
-    maps = (total / np.maximum(weight, 1e-6)).astype(np.float32)
+    maps = (total / np.maximum(_coverage(mode, h.shape[2]), 1e-6)).astype(np.float32)
     merged = {"heatmaps": maps, "coords": (xy / t).reshape(b, -1).astype(np.float32)}
     if t > 1:
         from pipeline.heatmaps import decode_peak
@@ -125,6 +124,14 @@ def merge_outputs(out: dict, mode: str) -> dict:
         if any(_quarter(a) is None for a in angles):
             merged["peak_xy"] = _agreeing_peaks(pts, maps)
     return merged
+
+
+@functools.lru_cache(maxsize=8)
+def _coverage(mode: str, side: int) -> np.ndarray:
+    """(1, side, side, 1): how many turns of ``mode``, turned back, cover each heatmap pixel (the same
+    for every batch, so computed once)."""
+    ones = np.ones((1, side, side, 1), np.float32)
+    return sum(_rotate(ones, -a).astype(np.float64) for a in tta_angles(mode))
 
 
 def _agreeing_peaks(pts: np.ndarray, maps: np.ndarray) -> np.ndarray:

@@ -77,3 +77,36 @@ def test_tf_peak_decoder_matches_numpy_decoder():
     clean, _ = decode_peak_tf(hm.render(xy, vis, 32, 1.7))
     inner = np.all((xy > 2 / 32) & (xy < 30 / 32), axis=-1)
     assert np.abs(clean.numpy() - xy)[inner].max() * 32 < 1e-3
+
+
+def _decode_one(m: np.ndarray) -> tuple[float, float, float]:
+    """Reference for one (S, S) map, written out pixel by pixel: arg-max, then one Newton step on the
+    log-map where the peak is inside and the log-map is concave there, the step clipped to 1 px."""
+    s = m.shape[0]
+    r, c = divmod(int(np.argmax(m)), s)
+    dx = dy = 0.0
+    if 0 < r < s - 1 and 0 < c < s - 1:
+        lg = np.log(np.maximum(m[r - 1:r + 2, c - 1:c + 2].astype(np.float64), 1e-10))
+        gx, gy = (lg[1, 2] - lg[1, 0]) / 2, (lg[2, 1] - lg[0, 1]) / 2
+        hxx, hyy = lg[1, 2] - 2 * lg[1, 1] + lg[1, 0], lg[2, 1] - 2 * lg[1, 1] + lg[0, 1]
+        hxy = (lg[2, 2] - lg[2, 0] - lg[0, 2] + lg[0, 0]) / 4
+        det = hxx * hyy - hxy ** 2
+        if hxx < 0 and det > 0:
+            dx = float(np.clip(-(hyy * gx - hxy * gy) / det, -1, 1))
+            dy = float(np.clip(-(hxx * gy - hxy * gx) / det, -1, 1))
+    return (c + 0.5 + dx) / s, (r + 0.5 + dy) / s, float(m[r, c])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_peak_decoder_matches_a_per_map_reference(dtype):
+    rng = np.random.default_rng(11)
+    maps = rng.random((2, 3, 12, 12, 4)).astype(dtype)
+    maps[0, 0, 0, 5, 0] = maps[1, 2, 11, 11, 3] = maps[0, 1, 6, 0, 2] = 2.0  # peaks on the border: no step
+    maps[1, 1, 4:7, 4:7, 1] = np.array([[1, 2, 1], [2, 3, 2], [1, 2, 1]], dtype)  # a clean concave peak
+    xy, conf = hm.decode_peak(maps)
+    assert xy.shape == (2, 3, 4, 2) and conf.shape == (2, 3, 4)
+    for i, j, k in np.ndindex(2, 3, 4):
+        x, y, peak = _decode_one(maps[i, j, ..., k])
+        assert xy[i, j, k] == pytest.approx((x, y), abs=1e-12) and conf[i, j, k] == peak
+    assert xy[0, 0, 0, 0] == 5.5 / 12 and xy[1, 2, 3, 1] == 11.5 / 12  # border peaks stay on their pixel centres
+    assert xy[1, 1, 1] == pytest.approx((5.5 / 12, 5.5 / 12), abs=1e-12)  # symmetric peak: no step

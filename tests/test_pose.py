@@ -163,3 +163,25 @@ def test_five_right_detections_among_six_strays_are_found_every_time(camera):
                                           GEOMETRY.input_px_scale)
         assert info[0]["refined"] and sorted(info[0]["inliers"]) == sorted(set(range(11)) - set(stray))
         assert np.linalg.norm(out[0] - truth, axis=1).max() < 7.8  # one model-input px
+
+
+def test_a_batch_fitted_side_by_side_equals_each_image_fitted_alone(camera):
+    """The per-image fits run on a thread pool: every image must get exactly what it gets on its own,
+    in its own place, strays, unconfident images and other image sizes included."""
+    rng = np.random.default_rng(12)
+    n = 9
+    xy, conf = np.zeros((n, 11, 2)), rng.uniform(0.3, 1.0, (n, 11))
+    for i in range(n):
+        xy[i] = _scene(rng)[1] + rng.normal(0, 0.8, (11, 2))
+        xy[i, rng.permutation(11)[:3]] += rng.uniform(-120, 120, (3, 2))
+    conf[4] = 0.1  # nothing confident: no pose
+    sizes = np.array([[1920, 1080]] * n)
+    sizes[6] = (1280, 720)  # not the calibrated size: left as detected
+    out, info = pose.refine_keypoints(camera, xy, conf, sizes, 0.2, GEOMETRY.input_px_scale)
+    assert [i["refined"] for i in info] == [True] * 4 + [False, True, False, True, True]
+    for i in range(n):
+        one, one_info = pose.refine_keypoints(camera, xy[i:i + 1], conf[i:i + 1], sizes[i:i + 1], 0.2,
+                                              GEOMETRY.input_px_scale)
+        np.testing.assert_array_equal(out[i], one[0])
+        assert info[i] == one_info[0]
+    np.testing.assert_array_equal(out[[4, 6]], xy[[4, 6]])
