@@ -206,12 +206,13 @@ def _robust_refine(v, x, intrinsics, rvec, tvec, weights, scale: float, iteratio
 
 def fit_pose(vertices: np.ndarray, xy: np.ndarray, intrinsics: np.ndarray, tolerance: float,
              min_inliers: int = MIN_INLIERS, weights: np.ndarray | None = None,
-             seeds: tuple | None = None) -> PoseFit | None:
+             seeds: tuple | None = None, poses: list | None = None) -> PoseFit | None:
     """Pose of ``vertices`` (N, 3) that projects them onto ``xy`` (N, 2) pixels, robust to outliers.
 
     ``tolerance`` ``inf``: all points, least squares. Otherwise the candidates are RANSAC's pose
     (seeded: the same inputs give the same pose) and, with ``seeds`` = (vertices (C, 3), pixels (C, 2),
-    one detection per vertex, most confident first), the pose of every 4 of the first ``SEED_POINTS``;
+    one detection per vertex, most confident first), the pose of every 4 of the first ``SEED_POINTS``, and
+    any ``poses`` given ((rvec, tvec) pairs, e.g. an earlier fit of the same image);
     the candidate with the highest MSAC score (:func:`_best_hypothesis`) is kept with the points within
     ``tolerance`` px of it. Levenberg-Marquardt then refines on them. With ``weights`` (N,), those
     weight the score, and a last robust fit over all points follows (:func:`_robust_refine`, Cauchy
@@ -223,7 +224,7 @@ def fit_pose(vertices: np.ndarray, xy: np.ndarray, intrinsics: np.ndarray, toler
     if len(v) < min_inliers:
         return None
     try:
-        return _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights, seeds)
+        return _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights, seeds, poses)
     except (cv2.error, np.linalg.LinAlgError):  # degenerate points (e.g. all on one line): no pose
         return None
 
@@ -270,7 +271,7 @@ def _best_hypothesis(v, x, intrinsics, hypotheses: list, weights, scale: float):
     return hypotheses[int(np.argmax(score))]
 
 
-def _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights, seeds):
+def _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights, seeds, poses=None):
     if np.isinf(tolerance):
         ok, rvec, tvec = cv2.solvePnP(v, x, intrinsics, None, flags=cv2.SOLVEPNP_SQPNP)
         inl = np.arange(len(v))
@@ -282,6 +283,8 @@ def _fit_pose(cv2, v, x, intrinsics, tolerance, min_inliers, weights, seeds):
         hypotheses = [(rvec, tvec)] if ok else []
         if seeds is not None and len(seeds[0]) >= 4:
             hypotheses += _seed_hypotheses(cv2, seeds, intrinsics)
+        hypotheses += [(np.asarray(r, np.float64).reshape(3, 1), np.asarray(t, np.float64).reshape(3, 1))
+                       for r, t in poses or ()]
         if not hypotheses:
             return None
         w = np.ones(len(v)) if weights is None else np.asarray(weights, np.float64)
@@ -316,7 +319,8 @@ def project(vertices: np.ndarray, rvec, tvec, intrinsics: np.ndarray) -> np.ndar
 
 
 def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, sizes: np.ndarray,
-                     min_confidence: float, px_per_input_px, votes: tuple | None = None) -> tuple[np.ndarray, list]:
+                     min_confidence: float, px_per_input_px, votes: tuple | None = None,
+                     poses: list | None = None) -> tuple[np.ndarray, list]:
     """Pose-consistent keypoints for a batch of images.
 
     Args:
@@ -328,6 +332,7 @@ def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, 
         votes: optional (xy (N, M, 2) original px, confidence (N, M), vertex (M,) int): several detections
             of each vertex (e.g. one per test-time turn) that vote for the pose in place of ``xy`` and
             ``confidence``, which remain what an image without a pose keeps.
+        poses: optional, per image a list of (rvec, tvec) candidate poses besides those fitted here.
     Returns:
         (N, K, 2) keypoints: every vertex projected under the pose fitted to an image's confident
         detections, or the detections where no pose fits; and per image a dict ``refined``, ``inliers``
@@ -349,7 +354,8 @@ def refine_keypoints(cam: ObjectCamera, xy: np.ndarray, confidence: np.ndarray, 
         own = np.flatnonzero((confidence[i] >= min_confidence) & np.isfinite(out[i]).all(1))
         own = own[np.argsort(-confidence[i, own], kind="stable")]
         fit = fit_pose(cam.vertices[vertex[cand]], vote_xy[i, cand], cam.intrinsics, INLIER_TOLERANCE * scale,
-                       weights=vote_conf[i, cand], seeds=(cam.vertices[own], out[i, own]))
+                       weights=vote_conf[i, cand], seeds=(cam.vertices[own], out[i, own]),
+                       poses=None if poses is None else poses[i])
         agree = np.unique(vertex[cand[fit.inliers]]) if fit is not None else np.zeros(0, int)
         if len(agree) < MIN_INLIERS:
             return None, {"refined": False, "reason": f"fewer than {MIN_INLIERS} confident detections agree on a pose"}

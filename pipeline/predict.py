@@ -351,48 +351,21 @@ def _refine(cam, preds, detected, sizes, geometry: Geometry, cfg: InferConfig):
 def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, cfg: InferConfig, meta: dict,
                  tta: str):
     """Predict again on windows centred on the first estimate (:mod:`pipeline.second_look`) and fit the
-    pose again: to the second look's votes alone when test-time turns give several per vertex and the
-    looks agree, else to both looks'. Images where that fit fails keep the first look's result.
-    Returns (xy normalised, {"boxes", "zooms", "ok", "fill", "fill_note", "refined", "disagreed"})."""
-    from pipeline.pose import refine_keypoints
-    from pipeline.second_look import DISAGREEMENT, disagreement, fill_share, final_votes, look_boxes
+    pose again (:func:`pipeline.second_look.refit`). Images where that fit fails keep the first look's
+    result. Returns (xy normalised, pose_info, {"boxes", "zooms", "ok", "fill", "fill_note", "refined",
+    "disagreed"})."""
+    from pipeline.second_look import fill_share, look_boxes, refit
 
-    sizes, ok = preds.sizes, preds.ok
-    safe = np.where(sizes > 0, sizes, 1)
-    first = geometry.from_normalised(xy, safe)
+    safe = np.where(preds.sizes > 0, preds.sizes, 1)
     refined = np.array([bool(p and p.get("refined")) for p in pose_info])
     mask = np.where(refined[:, None], True, preds.confidence >= cfg.vis_threshold)
     fill, fill_note = fill_share(meta)
-    boxes, zooms = look_boxes(geometry, safe, first, mask, fill)
+    boxes, zooms = look_boxes(geometry, safe, geometry.from_normalised(xy, safe), mask, fill)
     again = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
                           decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes)
-    both = np.flatnonzero(ok & again.ok)
-    seeds = Geometry.from_box(again.xy, boxes)
-    peak = cfg.decoder == "peak"
-    turns = peak and again.turn_xy is not None  # several votes per vertex and look
-
-    def fit(idx, both_looks=False):
-        votes = final_votes(preds, again, lambda a: geometry.from_normalised(a, safe),
-                            lambda a: Geometry.from_box(a, boxes), peak, both_looks)
-        return refine_keypoints(cam, seeds[idx], again.confidence[idx], sizes[idx], cfg.vis_threshold,
-                                geometry.input_px_scale, (votes[0][idx], votes[1][idx], votes[2]))
-
-    out, info = fit(both)
-    xy, disagreed = xy.copy(), np.zeros(len(xy), bool)
-    fitted = np.array([i["refined"] for i in info], bool)
-    new = np.where(fitted[:, None, None], geometry.to_normalised(out, safe[both]), xy[both])
-    far = fitted & (disagreement(geometry.to_input(xy[both]), geometry.to_input(new)) >= DISAGREEMENT)
-    if far.any() and turns:  # the looks disagree: both looks' votes decide (without turns they already did)
-        redo = both[far]
-        out_b, info_b = fit(redo, both_looks=True)
-        for j, o, i in zip(np.flatnonzero(far), out_b, info_b):
-            out[j], info[j] = o, {**i, "looks_disagreed": True}
-        disagreed[redo] = True
-    for j, i in enumerate(both):
-        if info[j]["refined"]:
-            xy[i] = geometry.to_normalised(out[j], safe[i])
-            pose_info[i] = {**info[j], "looks": 2}
-    return xy, {"boxes": boxes, "zooms": zooms, "ok": ok & again.ok, "fill": fill, "fill_note": fill_note,
+    xy, pose_info, disagreed = refit(cam, preds, again, xy, pose_info, boxes, geometry, cfg.vis_threshold,
+                                     cfg.decoder == "peak")
+    return xy, pose_info, {"boxes": boxes, "zooms": zooms, "ok": preds.ok & again.ok, "fill": fill, "fill_note": fill_note,
                 "refined": np.array([bool(p and p.get("looks") == 2) for p in pose_info]), "disagreed": disagreed}
 
 
@@ -442,7 +415,7 @@ def run(cfg: InferConfig) -> dict:
     if cam is not None:
         xy, pose_info = _refine(cam, preds, detected, sizes, geometry, cfg)
         if cfg.second_look == "auto":
-            xy, look = _second_look(model, samples, cam, preds, xy, pose_info, geometry, cfg, meta, tta)
+            xy, pose_info, look = _second_look(model, samples, cam, preds, xy, pose_info, geometry, cfg, meta, tta)
     r = {
         "pred_in": geometry.to_input(xy), "pred_orig": geometry.from_normalised(xy, safe),
         "det_orig": detected, "det_in": geometry.to_input(preds.xy), "pose": pose_info,

@@ -13,7 +13,8 @@ fitted again. With test-time turns, each vertex has several detections per look,
 look's alone vote: with rot8 on the benchmark model that beat letting the first look's vote as well
 (0.53 against 0.59 px mean on its 300 held-out renders, 0.47 against 0.49 px on 1,000 others), unless
 the two looks' poses disagree (their vertices a median ``DISAGREEMENT`` model px or more apart): then
-neither look is trusted alone, and both vote. With one detection per vertex and look, both looks
+neither look is trusted alone, both vote, and the first look's pose is a candidate beside those drawn
+from the votes (:func:`refit`). With one detection per vertex and look, both looks
 always vote (alone, the second look's 11 gave 0.97 against 0.89 px). The first look places the
 window, and an image keeps its result where the second fit fails.
 """
@@ -95,6 +96,49 @@ def final_votes(first, second, first_to_orig, second_to_orig, use_turns: bool, b
     looks = [(second, second_to_orig)] + ([] if turns and not both else [(first, first_to_orig)])
     v = [votes_of(p, to_orig, turns) for p, to_orig in looks]
     return tuple(np.concatenate([a[j] for a in v], axis=1 if j < 2 else 0) for j in range(3))
+
+
+def refit(cam, first, second, xy: np.ndarray, pose_info: list, boxes: np.ndarray, geometry: Geometry,
+          min_confidence: float, use_turns: bool) -> tuple[np.ndarray, list, np.ndarray]:
+    """The pose fitted again once the second look (``second``, predicted on ``boxes``) has been taken.
+
+    ``first``: the first look's predictions; ``xy`` (N, K, 2) normalised and ``pose_info`` its result
+    (:func:`pipeline.pose.refine_keypoints` records). The votes are those of :func:`final_votes`; where
+    the second look's own (with turns) put the vertices ``DISAGREEMENT`` model px or more from ``xy``
+    (median), both looks' votes are fitted instead, the first look's pose among the candidates. Returns (xy, pose_info, looks disagreed (N,)): new
+    arrays, the records of refitted images marked ``looks`` 2 (and ``looks_disagreed``); images whose
+    fit fails keep their first-look result.
+    """
+    from pipeline.pose import refine_keypoints
+
+    safe = np.where(first.sizes > 0, first.sizes, 1)
+    both = np.flatnonzero(first.ok & second.ok)
+    seeds = Geometry.from_box(second.xy, boxes)
+    turns = use_turns and second.turn_xy is not None  # several votes per vertex and look
+
+    def fit(idx, both_looks=False):
+        votes = final_votes(first, second, lambda a: geometry.from_normalised(a, safe),
+                            lambda a: Geometry.from_box(a, boxes), use_turns, both_looks)
+        earlier = [[(p["rvec"], p["tvec"])] if both_looks and p and p.get("refined") else []
+                   for p in (pose_info[i] for i in idx)]
+        return refine_keypoints(cam, seeds[idx], second.confidence[idx], first.sizes[idx], min_confidence,
+                                geometry.input_px_scale, (votes[0][idx], votes[1][idx], votes[2]), earlier)
+
+    out, info = fit(both)
+    xy, pose_info, disagreed = np.array(xy, copy=True), list(pose_info), np.zeros(len(xy), bool)
+    fitted = np.array([i["refined"] for i in info], bool)
+    new = np.where(fitted[:, None, None], geometry.to_normalised(out, safe[both]), xy[both])
+    far = fitted & (disagreement(geometry.to_input(xy[both]), geometry.to_input(new)) >= DISAGREEMENT)
+    if far.any() and turns:  # the looks disagree: both looks' votes decide (without turns they already did)
+        out_b, info_b = fit(both[far], both_looks=True)
+        for j, o, i in zip(np.flatnonzero(far), out_b, info_b):
+            out[j], info[j] = o, {**i, "looks_disagreed": True}
+        disagreed[both[far]] = True
+    for j, i in enumerate(both):
+        if info[j]["refined"]:
+            xy[i] = geometry.to_normalised(out[j], safe[i])
+            pose_info[i] = {**info[j], "looks": 2}
+    return xy, pose_info, disagreed
 
 
 def disagreement(first: np.ndarray, second: np.ndarray) -> np.ndarray:

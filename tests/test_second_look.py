@@ -116,3 +116,57 @@ def test_disagreement_is_the_median_distance_between_the_looks():
     second[1] = [[3.0, 4.0]] * 5  # the whole object moved by 5
     np.testing.assert_allclose(disagreement(first, second), [3.0, 5.0])
     np.testing.assert_allclose(disagreement(first, first), [0.0, 0.0])
+
+
+def test_refit_lets_both_looks_vote_where_the_second_one_disagrees():
+    """Three images of a known pose P. The first look's turns all see P (confidence 0.9). The second
+    look's turns see P on image 1, but on image 0 a pose Q whose vertices lie about 5 model px away
+    (confidence 0.5), and image 2's second look could not be read. Image 0 must be refitted to both
+    looks (and so land on P, the better supported), image 1 to its second look, image 2 left alone."""
+    import cv2
+
+    from pipeline.infer import Predictions
+    from pipeline.pose import ObjectCamera
+    from pipeline.second_look import DISAGREEMENT, refit
+    from pipeline.synthetic import builtin_mesh
+
+    verts = builtin_mesh("spacecraft").vertices
+    intr = np.array([[1500.0, 0.0, 960.0], [0.0, 1500.0, 540.0], [0.0, 0.0, 1.0]])
+    cam = ObjectCamera(vertices=verts, intrinsics=intr, image_size=(1920, 1080), rms_input_px=0.0, images=1)
+    rvec, t_p = np.array([0.4, -0.7, 0.2]), np.array([0.05, -0.02, 9.0])
+    shift = 5.0 * G.input_px_scale((1920, 1080))[0] * 9.0 / 1500.0  # 5 model px sideways, in metres at 9 m
+
+    def proj(t):
+        return cv2.projectPoints(verts, rvec, t, intr, None)[0].reshape(-1, 2)
+
+    p_px, q_px = proj(t_p), proj(t_p + [shift, 0.0, 0.0])
+    n, t, k = 3, 4, len(verts)
+    sizes = np.tile([1920, 1080], (n, 1))
+    rng = np.random.default_rng(0)
+
+    def look(points, conf, to_coords, ok=(True,) * n):
+        turns = np.stack([[to_coords(p + rng.normal(0, 0.3, p.shape), i) for _ in range(t)]
+                          for i, p in enumerate(points)])
+        return Predictions(xy=turns.mean(1), confidence=np.full((n, k), conf), sizes=sizes, ok=np.array(ok),
+                           errors={}, inputs=np.zeros(0), heatmaps=np.zeros(0), turn_xy=turns,
+                           turn_conf=np.full((n, t, k), conf))
+
+    first = look([p_px] * n, 0.9, lambda p, i: G.to_normalised(p, sizes[i]))
+    xy = G.to_normalised(np.stack([p_px] * n), sizes)
+    pose_info = [{"refined": True, "rvec": rvec.tolist(), "tvec": t_p.tolist()}] * n
+    boxes, zooms = look_boxes(G, sizes, G.from_normalised(xy, sizes), np.ones((n, k), bool), FILL)
+    assert (zooms > 1.5).all()
+    second = look([q_px, p_px, p_px], 0.5, lambda p, i: Geometry.to_box(p, boxes[i]), ok=(True, True, False))
+
+    out, info, disagreed = refit(cam, first, second, xy, pose_info, boxes, G, 0.2, use_turns=True)
+    err = lambda a, b: np.linalg.norm(G.to_input(a) - G.to_input(G.to_normalised(b, sizes[0])), axis=-1)  # noqa: E731
+    assert disagreed.tolist() == [True, False, False]
+    assert np.median(err(xy[0], q_px)) >= DISAGREEMENT  # the second look alone would have moved image 0
+    assert err(out[0], p_px).max() < 0.1 and err(out[1], p_px).max() < 0.1
+    assert info[0]["looks"] == 2 and info[0]["looks_disagreed"] and info[1]["looks"] == 2
+    assert "looks_disagreed" not in info[1]
+    np.testing.assert_array_equal(out[2], xy[2])
+    assert info[2] is pose_info[2] and "looks" not in pose_info[0]  # the inputs are left as they were
+    # one detection per vertex and look: both looks always vote, nothing counts as a disagreement
+    _, info1, disagreed1 = refit(cam, first, second, xy, pose_info, boxes, G, 0.2, use_turns=False)
+    assert not disagreed1.any() and info1[0]["looks"] == 2 and "looks_disagreed" not in info1[0]
