@@ -383,6 +383,7 @@ def _map_images(fn, n: int):
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(fn, range(n)))
 
+
 def _spread(items: list, n: int = CALIBRATION_IMAGES) -> list:
     """At most ``n`` of ``items``, evenly spaced over the list (first and last included)."""
     if len(items) <= n:

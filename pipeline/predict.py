@@ -365,8 +365,9 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
                           decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes)
     xy, pose_info, disagreed = refit(cam, preds, again, xy, pose_info, boxes, geometry, cfg.vis_threshold,
                                      cfg.decoder == "peak")
-    return xy, pose_info, {"boxes": boxes, "zooms": zooms, "ok": preds.ok & again.ok, "fill": fill, "fill_note": fill_note,
-                "refined": np.array([bool(p and p.get("looks") == 2) for p in pose_info]), "disagreed": disagreed}
+    refitted = np.array([bool(p and p.get("looks") == 2) for p in pose_info])
+    return xy, pose_info, {"boxes": boxes, "zooms": zooms, "ok": preds.ok & again.ok, "fill": fill,
+                           "fill_note": fill_note, "refined": refitted, "disagreed": disagreed}
 
 
 def _look_summary(look, ok) -> dict | None:

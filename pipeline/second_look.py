@@ -105,38 +105,39 @@ def refit(cam, first, second, xy: np.ndarray, pose_info: list, boxes: np.ndarray
     ``first``: the first look's predictions; ``xy`` (N, K, 2) normalised and ``pose_info`` its result
     (:func:`pipeline.pose.refine_keypoints` records). The votes are those of :func:`final_votes`; where
     the second look's own (with turns) put the vertices ``DISAGREEMENT`` model px or more from ``xy``
-    (median), both looks' votes are fitted instead, the first look's pose among the candidates. Returns (xy, pose_info, looks disagreed (N,)): new
-    arrays, the records of refitted images marked ``looks`` 2 (and ``looks_disagreed``); images whose
-    fit fails keep their first-look result.
+    (median), both looks' votes are fitted instead, the first look's pose among the candidates.
+    Returns (xy, pose_info, looks disagreed (N,)): new arrays, the records of refitted images marked
+    ``looks`` 2 (and ``looks_disagreed``); images whose fit fails keep their first-look result.
     """
     from pipeline.pose import refine_keypoints
 
     safe = np.where(first.sizes > 0, first.sizes, 1)
     both = np.flatnonzero(first.ok & second.ok)
     seeds = Geometry.from_box(second.xy, boxes)
-    turns = use_turns and second.turn_xy is not None  # several votes per vertex and look
+    turns = use_turns and second.turn_xy is not None  # several votes per vertex and look, as in final_votes
 
     def fit(idx, both_looks=False):
         votes = final_votes(first, second, lambda a: geometry.from_normalised(a, safe),
                             lambda a: Geometry.from_box(a, boxes), use_turns, both_looks)
-        earlier = [[(p["rvec"], p["tvec"])] if both_looks and p and p.get("refined") else []
-                   for p in (pose_info[i] for i in idx)]
+        earlier = [[(p["rvec"], p["tvec"])] if p and p.get("refined") else []
+                   for p in (pose_info[i] for i in idx)] if both_looks else None
         return refine_keypoints(cam, seeds[idx], second.confidence[idx], first.sizes[idx], min_confidence,
                                 geometry.input_px_scale, (votes[0][idx], votes[1][idx], votes[2]), earlier)
 
     out, info = fit(both)
     xy, pose_info, disagreed = np.array(xy, copy=True), list(pose_info), np.zeros(len(xy), bool)
     fitted = np.array([i["refined"] for i in info], bool)
-    new = np.where(fitted[:, None, None], geometry.to_normalised(out, safe[both]), xy[both])
+    new = geometry.to_normalised(out, safe[both])
     far = fitted & (disagreement(geometry.to_input(xy[both]), geometry.to_input(new)) >= DISAGREEMENT)
     if far.any() and turns:  # the looks disagree: both looks' votes decide (without turns they already did)
         out_b, info_b = fit(both[far], both_looks=True)
-        for j, o, i in zip(np.flatnonzero(far), out_b, info_b):
-            out[j], info[j] = o, {**i, "looks_disagreed": True}
+        new[far] = geometry.to_normalised(out_b, safe[both[far]])
+        for j, i in zip(np.flatnonzero(far), info_b):
+            info[j] = {**i, "looks_disagreed": True}
         disagreed[both[far]] = True
     for j, i in enumerate(both):
         if info[j]["refined"]:
-            xy[i] = geometry.to_normalised(out[j], safe[i])
+            xy[i] = new[j]
             pose_info[i] = {**info[j], "looks": 2}
     return xy, pose_info, disagreed
 
