@@ -24,7 +24,7 @@ import numpy as np
 from pipeline import annotations as ann
 from pipeline.geometry import Geometry
 from pipeline.heatmaps import decode_peak
-from pipeline.images import IMAGE_SUFFIXES, ImageError, list_images, load_model_input
+from pipeline.images import IMAGE_SUFFIXES, ImageError, crop_resize, list_images, open_image
 from pipeline.tta import merge_outputs, tta_angles, turned_inputs
 
 DECODERS = ("peak", "softargmax")
@@ -143,11 +143,23 @@ def collect_inputs(paths, num_keypoints: int) -> InputSet:
     return out
 
 
-def _load_or_blank(files, i: int, geometry: Geometry, errors: dict, boxes=None):
+def _decoded(files, i: int, held: dict | None):
+    """``files[i]`` decoded; with ``held``, each image is decoded once and handed out twice: the first
+    call keeps it there, the second takes it out (so a chunk's two looks decode each file once)."""
+    if held is None:
+        return open_image(files[i])
+    img = held.pop(i, None)
+    if img is None:
+        img = held[i] = open_image(files[i])
+    return img
+
+
+def _load_or_blank(files, i: int, geometry: Geometry, errors: dict, boxes=None, held=None):
     """Model input, (W, H) and True for ``files[i]`` (cropped at ``boxes[i]`` if given); a black input,
-    (0, 0) and False (error noted) if unreadable."""
+    (0, 0) and False (error noted) if unreadable. ``held``: see :func:`_decoded`."""
     try:
-        x, (w, h) = load_model_input(files[i], geometry, None if boxes is None else boxes[i])
+        img = _decoded(files, i, held)
+        x, (w, h) = crop_resize(img, geometry, None if boxes is None else boxes[i]), img.size
         return x, np.array([w, h], np.int32), np.bool_(True)
     except ImageError as e:
         errors[i] = str(e)
@@ -155,12 +167,13 @@ def _load_or_blank(files, i: int, geometry: Geometry, errors: dict, boxes=None):
         return np.zeros((s, s, 3), np.uint8), np.zeros(2, np.int32), np.bool_(False)
 
 
-def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0, boxes=None):
+def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0, boxes=None, held=None):
     """tf.data over image files: (index (B,), input (B, S, S, 3) uint8, (W, H) (B, 2), ok (B,)).
 
     A file that cannot be read yields a black input with ``ok`` False and its error in ``errors``.
     ``workers`` parallel decoders (0: one per CPU core, at least 2). ``boxes`` (N, 4): per-image crop
-    windows in original px in place of the geometry's.
+    windows in original px in place of the geometry's. ``held``: decoded images kept between two
+    passes (:func:`_decoded`).
     """
     import tensorflow as tf
 
@@ -169,7 +182,7 @@ def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0, 
     s = geometry.input_size
 
     def load(i):
-        return _load_or_blank(files, int(i), geometry, errors, boxes)
+        return _load_or_blank(files, int(i), geometry, errors, boxes, held)
 
     def tf_load(i):
         x, size, ok = tf.numpy_function(load, [i], (tf.uint8, tf.int32, tf.bool), stateful=False)
@@ -185,7 +198,7 @@ def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0, 
     return ds.batch(batch_size).prefetch(2), errors
 
 
-def single_batch(files, geometry: Geometry, boxes=None):
+def single_batch(files, geometry: Geometry, boxes=None, held=None):
     """The few-files path of :func:`predict_files`: one batch decoded in threads, without tf.data.
 
     Building a tf.data pipeline costs more than decoding and predicting one image (measured: 156 ms
@@ -198,7 +211,7 @@ def single_batch(files, geometry: Geometry, boxes=None):
     files = [str(f) for f in files]
     errors: dict[int, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
-        loaded = list(pool.map(lambda i: _load_or_blank(files, i, geometry, errors, boxes), range(len(files))))
+        loaded = list(pool.map(lambda i: _load_or_blank(files, i, geometry, errors, boxes, held), range(len(files))))
     x, size, ok = (np.stack(part) for part in zip(*loaded))
     return [(np.arange(len(files)), x, size, ok)], errors
 
@@ -239,14 +252,39 @@ def decode(outputs: dict, decoder: str) -> tuple[np.ndarray, np.ndarray]:
     raise InferError(f"Unknown decoder {decoder!r}; choose one of {DECODERS}.")
 
 
+def concat_predictions(parts: list) -> Predictions:
+    """One :class:`Predictions` of consecutive chunks' (their ``errors`` re-indexed)."""
+    def cat(name):
+        arrays = [getattr(p, name) for p in parts]
+        if any(a is None for a in arrays):
+            return None
+        arrays = [a for a in arrays if a.size] or arrays[:1]
+        return np.concatenate(arrays)
+
+    errors, start = {}, 0
+    for p in parts:
+        errors.update({start + i: msg for i, msg in p.errors.items()})
+        start += len(p.ok)
+    return Predictions(xy=cat("xy"), confidence=cat("confidence"), sizes=cat("sizes"), ok=cat("ok"), errors=errors,
+                       inputs=cat("inputs"), heatmaps=cat("heatmaps"), turn_xy=cat("turn_xy"),
+                       turn_conf=cat("turn_conf"))
+
+
 def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, decoder: str = "peak",
-                  keep: int = 0, progress: bool = True, tta: str = "none", boxes=None) -> Predictions:
+                  keep: int = 0, progress: bool = True, tta: str = "none", boxes=None, held: dict | None = None,
+                  pad: bool | None = None, bar=None) -> Predictions:
     """Run ``model`` over image files in batches; see :class:`Predictions`.
 
     ``tta``: ``none``, or ``rotN`` (see :mod:`pipeline.tta`; the model then sees N times the images).
     ``boxes``: (N, 4) per-image crop windows in original px (:meth:`Geometry.look_box`); the normalised
     coordinates are then those of each image's window (:meth:`Geometry.from_box` maps them back).
+    ``held``: a dict that keeps the decoded images for a second call on the same files
+    (:func:`_decoded`). ``pad``: fill a short batch up to ``batch_size`` so the model sees one
+    shape (default: when there is more than one batch). ``bar``: a tqdm bar to advance instead of
+    showing one of its own.
     """
+    import contextlib
+
     from tqdm.auto import tqdm
 
     if decoder not in DECODERS:
@@ -256,17 +294,21 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
     except ValueError as e:
         raise InferError(f"Unknown test-time augmentation: {e}") from None
     n = len(files)
-    ds, errors = (single_batch(files, geometry, boxes) if n <= min(batch_size, 4) else
-                  image_dataset(files, geometry, batch_size, boxes=boxes))
+    ds, errors = (single_batch(files, geometry, boxes, held) if n <= min(batch_size, 4) else
+                  image_dataset(files, geometry, batch_size, boxes=boxes, held=held))
+    pad = n > batch_size if pad is None else pad
     xy = conf = turn_xy = turn_conf = None
     sizes, ok = np.zeros((n, 2), np.int64), np.zeros(n, bool)
     inputs, maps = [], []
-    with tqdm(total=n, unit="img", desc=f"predict ({decoder}, tta {tta})", disable=not progress) as bar:
+    with contextlib.ExitStack() as stack:
+        if bar is None:
+            bar = stack.enter_context(tqdm(total=n, unit="img", desc=f"predict ({decoder}, tta {tta})",
+                                           disable=not progress))
         for idx, x, size, good in ds:
             idx, x, size, good = (np.asarray(a) for a in (idx, x, size, good))
             b = len(idx)
             xb = x
-            if n > batch_size and b < batch_size:  # pad the last batch: one traced shape only
+            if pad and b < batch_size:  # pad a short batch: one traced shape only
                 xb = np.concatenate([x, np.zeros((batch_size - b,) + x.shape[1:], x.dtype)])
             out = merge_outputs(model.predict_on_batch(turned_inputs(xb, tta)), tta)
             out = {key: v[:b] for key, v in out.items()}

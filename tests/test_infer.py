@@ -338,3 +338,70 @@ def test_second_look_recentres_magnifies_and_sharpens(tmp_path, monkeypatch):
         assert filled >= 0.45 and (filled <= 0.61 or rec["second_look_zoom"] == 1.0), filled
         zooms.append(rec["second_look_zoom"])
     assert checked >= 3 and max(zooms) > 1.5  # beyond the largest scale of the training augmentation (1.2)
+
+
+def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, monkeypatch):
+    """The two looks run chunk by chunk on decoded images held between them: each file is decoded once,
+    and chunks of one batch (three chunks, the last one short) give the same predictions, poses and
+    second-look windows as one chunk of all images. The oracle answers from the pixels it is shown:
+    each input is traced back to its image and window, the first look gets the truth plus noise,
+    the second the exact truth in its window."""
+    import hashlib
+
+    from pipeline import infer
+    from pipeline.images import crop_resize, open_image
+    from pipeline.preprocess import preprocess
+    from pipeline.synthetic import generate_dataset
+
+    k, geometry, n = 11, Geometry(), 5
+    data = generate_dataset(tmp_path / "data", count=n, seed=11, progress=False)
+    preprocess(PreprocessConfig(data_dir=str(data), out_dir=str(tmp_path / "arrays"), workers=1), progress=False)
+    pre = json.loads(str(np.load(tmp_path / "arrays" / "Y_data.npz")["config"]))
+    found = collect_inputs([data], k)
+    sizes = np.array([[1920, 1080]] * n)
+    _, gt_orig, input_px, vis = ground_truth(found.samples, sizes, geometry)
+    truth = np.nan_to_num(geometry.from_input(input_px), nan=0.5)
+    noisy = truth + np.random.default_rng(0).normal(0, 0.4 / 128, truth.shape)
+    digest = lambda a: hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()  # noqa: E731
+    image_of = {digest(np.asarray(open_image(s.image))): i for i, s in enumerate(found.samples)}
+    shown, decoded = {}, []
+
+    def traced_crop(img, geo, box=None):
+        x = crop_resize(img, geo, box)
+        shown[digest(x)] = (image_of[digest(np.asarray(img))], box)
+        return x
+
+    def counted_open(path):
+        decoded.append(Path(path).name)
+        return open_image(path)
+
+    class WindowOracle:
+        def predict_on_batch(self, x):
+            xy, seen = np.full((len(x), k, 2), 0.5), np.zeros((len(x), k), bool)
+            for j, img in enumerate(np.asarray(x, np.uint8)):
+                if digest(img) in shown:  # not a padding input
+                    i, box = shown[digest(img)]
+                    seen[j] = vis[i]
+                    xy[j] = noisy[i] if box is None else Geometry.to_box(geometry.from_normalised(truth[i], sizes[i]), box)
+            return {"heatmaps": render(xy, seen, 64, 1.0), "coords": xy.reshape(len(x), -1)}
+
+    monkeypatch.setattr(infer, "crop_resize", traced_crop)
+    monkeypatch.setattr(infer, "open_image", counted_open)
+    sidecar = {"preprocess": pre, "train": {"affine_prob": 0.5, "scale_range": 0.2}, "objects": {"extent": 0.5}}
+    monkeypatch.setattr(predict, "load_model_and_geometry", lambda p: (WindowOracle(), sidecar, geometry, k))
+    args = ["--input", str(data), "--decoder", "softargmax", "--no-progress", "--visualize", "2", "--split", "all",
+            "--tta", "none", "--batch-size", "2"]
+    runs = {}
+    for name, budget in (("one chunk", 1 << 40), ("chunks of one batch", 1)):
+        monkeypatch.setattr(predict, "HOLD_BYTES", budget)
+        decoded.clear()
+        assert use_vis.main(args + ["--out-dir", str(tmp_path / name)]) == 0
+        assert sorted(decoded) == sorted(s.image.name for s in found.samples), name  # each file once
+        runs[name] = json.loads((tmp_path / name / "predictions.json").read_text())
+        assert len(list((tmp_path / name / "overlays").glob("*.png"))) == 2
+    one, chunked = runs["one chunk"], runs["chunks of one batch"]
+    assert chunked["images"] == one["images"]
+    assert chunked["second_look"] == one["second_look"] and one["second_look"]["images"] == n
+    assert one["second_look"]["pose_refined_images"] >= 3
+    s = json.loads((tmp_path / "one chunk" / "evaluation_summary.json").read_text())
+    assert s["euclidean_mean"] < 0.5 * s["detections_before_refinement"]["euclidean_mean"]  # the second look helped
