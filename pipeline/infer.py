@@ -7,8 +7,8 @@ i + 0.5); predictions go back to original pixels through ``Geometry.from_normali
 inverse of the preprocessing.
 
 Inputs are a 4SP dataset folder (``Rendered_Images/`` + ``JSON_Data_REF/``), a folder of images,
-or image files. Images are decoded in parallel inside ``tf.data`` (``tf.numpy_function``) and
-batched with prefetch, so the model sees full batches while the next ones decode.
+or image files. Images are decoded by a thread pool a few batches ahead of the model
+(:func:`image_batches`), so the model sees full batches while the next ones decode.
 """
 
 from __future__ import annotations
@@ -167,53 +167,45 @@ def _load_or_blank(files, i: int, geometry: Geometry, errors: dict, boxes=None, 
         return np.zeros((s, s, 3), np.uint8), np.zeros(2, np.int32), np.bool_(False)
 
 
-def image_dataset(files, geometry: Geometry, batch_size: int, workers: int = 0, boxes=None, held=None):
-    """tf.data over image files: (index (B,), input (B, S, S, 3) uint8, (W, H) (B, 2), ok (B,)).
+def image_batches(files, geometry: Geometry, batch_size: int, workers: int = 0, boxes=None, held=None,
+                  ahead: int = 2):
+    """Batches over image files, decoded by a thread pool ``ahead`` batches ahead of the consumer.
 
-    A file that cannot be read yields a black input with ``ok`` False and its error in ``errors``.
-    ``workers`` parallel decoders (0: one per CPU core, at least 2). ``boxes`` (N, 4): per-image crop
-    windows in original px in place of the geometry's. ``held``: decoded images kept between two
-    passes (:func:`_decoded`).
+    Yields (index (B,), input (B, S, S, 3) uint8, (W, H) (B, 2), ok (B,)); returns it as a generator
+    with the ``errors`` dict it fills: a file that cannot be read yields a black input with ``ok``
+    False and its message there. ``workers`` decoders (0: one per CPU core, at least 2); Pillow
+    releases the GIL while it decodes and resamples. ``boxes`` (N, 4): per-image crop windows in
+    original px in place of the geometry's. ``held``: decoded images kept between two passes
+    (:func:`_decoded`).
+
+    Not tf.data: destroying a finished tf.data iterator whose map ran Python waited up to 5 s for
+    its threads after the model had run (measured on 2 cores, TensorFlow 2.21), once per pass, and
+    building one cost more than decoding and predicting a single image.
     """
-    import tensorflow as tf
-
-    files = [str(f) for f in files]
-    errors: dict[int, str] = {}
-    s = geometry.input_size
-
-    def load(i):
-        return _load_or_blank(files, int(i), geometry, errors, boxes, held)
-
-    def tf_load(i):
-        x, size, ok = tf.numpy_function(load, [i], (tf.uint8, tf.int32, tf.bool), stateful=False)
-        x.set_shape((s, s, 3))
-        size.set_shape((2,))
-        ok.set_shape(())
-        return i, x, size, ok
-
-    ds = tf.data.Dataset.range(len(files))
-    # An explicit width: AUTOTUNE measured at 1 decoder for numpy_function maps (2x slower end to end).
-    workers = workers or max(2, os.cpu_count() or 1)
-    ds = ds.map(tf_load, num_parallel_calls=workers, deterministic=True)
-    return ds.batch(batch_size).prefetch(2), errors
-
-
-def single_batch(files, geometry: Geometry, boxes=None, held=None):
-    """The few-files path of :func:`predict_files`: one batch decoded in threads, without tf.data.
-
-    Building a tf.data pipeline costs more than decoding and predicting one image (measured: 156 ms
-    end to end per image through tf.data, against 30 ms decode + 38 ms model), which is what a
-    caller predicting one image at a time would pay on every call. Same output as
-    :func:`image_dataset` (as numpy arrays), as a one-element list.
-    """
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     files = [str(f) for f in files]
     errors: dict[int, str] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
-        loaded = list(pool.map(lambda i: _load_or_blank(files, i, geometry, errors, boxes, held), range(len(files))))
-    x, size, ok = (np.stack(part) for part in zip(*loaded))
-    return [(np.arange(len(files)), x, size, ok)], errors
+    n = len(files)
+
+    def batches():
+        with ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 1)) as pool:
+            pending, submitted = deque(), 0
+            try:
+                for start in range(0, n, batch_size):
+                    while submitted < min(n, start + (ahead + 1) * batch_size):
+                        pending.append(pool.submit(_load_or_blank, files, submitted, geometry, errors, boxes, held))
+                        submitted += 1
+                    stop = min(n, start + batch_size)
+                    x, size, ok = (np.stack(part) for part in zip(*(pending.popleft().result()
+                                                                    for _ in range(stop - start))))
+                    yield np.arange(start, stop), x, size, ok
+            finally:
+                for f in pending:
+                    f.cancel()
+
+    return batches(), errors
 
 
 @dataclass
@@ -294,8 +286,7 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
     except ValueError as e:
         raise InferError(f"Unknown test-time augmentation: {e}") from None
     n = len(files)
-    ds, errors = (single_batch(files, geometry, boxes, held) if n <= min(batch_size, 4) else
-                  image_dataset(files, geometry, batch_size, boxes=boxes, held=held))
+    ds, errors = image_batches(files, geometry, batch_size, boxes=boxes, held=held)
     pad = n > batch_size if pad is None else pad
     xy = conf = turn_xy = turn_conf = None
     sizes, ok = np.zeros((n, 2), np.int64), np.zeros(n, bool)
@@ -305,7 +296,6 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
             bar = stack.enter_context(tqdm(total=n, unit="img", desc=f"predict ({decoder}, tta {tta})",
                                            disable=not progress))
         for idx, x, size, good in ds:
-            idx, x, size, good = (np.asarray(a) for a in (idx, x, size, good))
             b = len(idx)
             xb = x
             if pad and b < batch_size:  # pad a short batch: one traced shape only

@@ -45,7 +45,7 @@ MANAGED = ("predictions.json", "predictions.csv", "evaluation_summary.json", "ev
            "pck_curve.png", "error_histogram.png", "overlays", "heatmaps", "original_overlays")
 DEFAULT_MODEL = "visible_keypoints_model.keras"
 REFINES = ("auto", "pose", "none")
-HOLD_BYTES = 1 << 30  # decoded images held between the two looks (see _two_looks)
+HOLD_BYTES = 256 << 20  # decoded images held between the two looks (see _two_looks)
 
 
 def _help(text: str, meta=None, **kw):
@@ -373,8 +373,8 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
                            "fill_note": fill_note, "refined": refitted, "disagreed": disagreed}
 
 
-def _chunk_size(files, batch_size: int, budget: int = HOLD_BYTES) -> int:
-    """Images per chunk of :func:`_two_looks`: as many whole batches as fit ``budget`` bytes of decoded
+def _chunk_size(files, batch_size: int) -> int:
+    """Images per chunk of :func:`_two_looks`: as many whole batches as fit ``HOLD_BYTES`` of decoded
     images the size of the first readable one (one batch at least)."""
     from pipeline.images import image_size
 
@@ -383,7 +383,7 @@ def _chunk_size(files, batch_size: int, budget: int = HOLD_BYTES) -> int:
             w, h = image_size(f)
         except ImageError:
             continue
-        return batch_size * max(1, budget // (4 * w * h * batch_size))  # Pillow holds RGB in 4 bytes a pixel
+        return batch_size * max(1, HOLD_BYTES // (4 * w * h * batch_size))  # Pillow holds RGB in 4 bytes a pixel
     return batch_size
 
 

@@ -217,7 +217,9 @@ def test_decoders_read_the_right_output():
     np.testing.assert_array_equal(conf, conf2)
 
 
-def test_few_files_path_matches_the_tf_data_path(dataset, tiny_model, tmp_path):
+def test_batching_changes_no_prediction_and_unreadable_files_are_named(dataset, tiny_model, tmp_path):
+    """One batch of 3, batches of 2 (the last one padded) and of 1 decode the same inputs and predict the
+    same; the unreadable file in the middle is reported at its index and leaves its neighbours alone."""
     from pipeline.infer import predict_files
     from pipeline.model_io import load_model
 
@@ -227,12 +229,16 @@ def test_few_files_path_matches_the_tf_data_path(dataset, tiny_model, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     files = [files[0], bad, files[1]]
-    few = predict_files(model, files, g, batch_size=32, progress=False)  # 3 files: one batch, no tf.data
-    many = predict_files(model, files, g, batch_size=2, progress=False)  # batches of 2 through tf.data
-    assert few.ok.tolist() == many.ok.tolist() == [True, False, True]
-    assert set(few.errors) == set(many.errors) == {1} and "broken.png" in few.errors[1]
-    np.testing.assert_array_equal(few.sizes, many.sizes)
-    np.testing.assert_allclose(few.xy[few.ok], many.xy[many.ok], atol=1e-6)
+    few = predict_files(model, files, g, batch_size=32, progress=False, keep=3)  # one batch of 3
+    many = predict_files(model, files, g, batch_size=2, progress=False, keep=3)  # 2, then 1 padded to 2
+    ones = predict_files(model, files, g, batch_size=1, progress=False, keep=3)
+    for other in (many, ones):
+        assert few.ok.tolist() == other.ok.tolist() == [True, False, True]
+        assert set(few.errors) == set(other.errors) == {1} and "broken.png" in few.errors[1]
+        np.testing.assert_array_equal(few.sizes, other.sizes)
+        np.testing.assert_array_equal(few.inputs, other.inputs)
+        np.testing.assert_allclose(few.xy[few.ok], other.xy[other.ok], atol=1e-6)
+    assert few.sizes[1].tolist() == [0, 0] and not few.inputs[1].any()
     assert np.isnan(few.xy[1]).all()
 
 
