@@ -391,6 +391,11 @@ def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, 
                     xy[j] = noisy[i] if box is None else Geometry.to_box(geometry.from_normalised(truth[i], sizes[i]), box)
             return {"heatmaps": render(xy, seen, 64, 1.0), "coords": xy.reshape(len(x), -1)}
 
+    from pipeline import second_look
+
+    windows = []
+    real_boxes = second_look.look_boxes
+    monkeypatch.setattr(second_look, "look_boxes", lambda *a: windows.append(len(a[1])) or real_boxes(*a))
     monkeypatch.setattr(infer, "crop_resize", traced_crop)
     monkeypatch.setattr(infer, "open_image", counted_open)
     sidecar = {"preprocess": pre, "train": {"affine_prob": 0.5, "scale_range": 0.2}, "objects": {"extent": 0.5}}
@@ -398,10 +403,12 @@ def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, 
     args = ["--input", str(data), "--decoder", "softargmax", "--no-progress", "--visualize", "2", "--split", "all",
             "--tta", "none", "--batch-size", "2"]
     runs = {}
-    for name, budget in (("one chunk", 1 << 40), ("chunks of one batch", 1)):
+    for name, budget, chunks in (("one chunk", 1 << 40, [5]), ("chunks of one batch", 1, [2, 2, 1])):
         monkeypatch.setattr(predict, "HOLD_BYTES", budget)
         decoded.clear()
+        windows.clear()
         assert use_vis.main(args + ["--out-dir", str(tmp_path / name)]) == 0
+        assert windows == chunks, name  # the images of each chunk's second look
         assert sorted(decoded) == sorted(s.image.name for s in found.samples), name  # each file once
         runs[name] = json.loads((tmp_path / name / "predictions.json").read_text())
         assert len(list((tmp_path / name / "overlays").glob("*.png"))) == 2
