@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,22 +144,42 @@ def collect_inputs(paths, num_keypoints: int) -> InputSet:
     return out
 
 
-def _decoded(files, i: int, held: dict | None):
-    """``files[i]`` decoded; with ``held``, each image is decoded once and handed out twice: the first
-    call keeps it there, the second takes it out (so a chunk's two looks decode each file once)."""
-    if held is None:
-        return open_image(files[i])
-    img = held.pop(i, None)
-    if img is None:
-        img = held[i] = open_image(files[i])
-    return img
+class HeldImages:
+    """Decoded images kept from a first pass over some files to a second, within ``budget`` bytes, so
+    each file is decoded once: the first time an image is asked for it is kept (if it fits), the
+    second time it is handed out and let go. Images past the budget are decoded again."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used = int(budget), 0
+        self._images: dict = {}
+        self._asked: set = set()
+        self._lock = threading.Lock()
+
+    def take(self, path, i: int):
+        with self._lock:
+            img = self._images.pop(i, None)
+            first = i not in self._asked
+            self._asked.add(i)
+            if img is not None:
+                self.used -= _bytes(img)
+                return img
+        img = open_image(path)
+        with self._lock:
+            if first and self.used + _bytes(img) <= self.budget:
+                self._images[i] = img
+                self.used += _bytes(img)
+        return img
+
+
+def _bytes(img) -> int:
+    return 4 * img.width * img.height  # Pillow keeps an RGB pixel in 4 bytes
 
 
 def _load_or_blank(files, i: int, geometry: Geometry, errors: dict, boxes=None, held=None):
     """Model input, (W, H) and True for ``files[i]`` (cropped at ``boxes[i]`` if given); a black input,
-    (0, 0) and False (error noted) if unreadable. ``held``: see :func:`_decoded`."""
+    (0, 0) and False (error noted) if unreadable. ``held``: a :class:`HeldImages` to take it from."""
     try:
-        img = _decoded(files, i, held)
+        img = open_image(files[i]) if held is None else held.take(files[i], i)
         x, (w, h) = crop_resize(img, geometry, None if boxes is None else boxes[i]), img.size
         return x, np.array([w, h], np.int32), np.bool_(True)
     except ImageError as e:
@@ -176,7 +197,7 @@ def image_batches(files, geometry: Geometry, batch_size: int, workers: int = 0, 
     False and its message there. ``workers`` decoders (0: one per CPU core, at least 2); Pillow
     releases the GIL while it decodes and resamples. ``boxes`` (N, 4): per-image crop windows in
     original px in place of the geometry's. ``held``: decoded images kept between two passes
-    (:func:`_decoded`).
+    (:class:`HeldImages`).
 
     Not tf.data: destroying a finished tf.data iterator whose map ran Python waited up to 5 s for
     its threads after the model had run (measured on 2 cores, TensorFlow 2.21), once per pass, and
@@ -263,15 +284,14 @@ def concat_predictions(parts: list) -> Predictions:
 
 
 def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, decoder: str = "peak",
-                  keep: int = 0, progress: bool = True, tta: str = "none", boxes=None, held: dict | None = None,
+                  keep: int = 0, progress: bool = True, tta: str = "none", boxes=None, held: HeldImages | None = None,
                   pad: bool | None = None, bar=None) -> Predictions:
     """Run ``model`` over image files in batches; see :class:`Predictions`.
 
     ``tta``: ``none``, or ``rotN`` (see :mod:`pipeline.tta`; the model then sees N times the images).
     ``boxes``: (N, 4) per-image crop windows in original px (:meth:`Geometry.look_box`); the normalised
     coordinates are then those of each image's window (:meth:`Geometry.from_box` maps them back).
-    ``held``: a dict that keeps the decoded images for a second call on the same files
-    (:func:`_decoded`). ``pad``: fill a short batch up to ``batch_size`` so the model sees one
+    ``held``: a :class:`HeldImages` that keeps the decoded images for a second call on the same files. ``pad``: fill a short batch up to ``batch_size`` so the model sees one
     shape (default: when there is more than one batch). ``bar``: a tqdm bar to advance instead of
     showing one of its own.
     """

@@ -389,12 +389,12 @@ def _chunk_size(files, batch_size: int) -> int:
 
 def _two_looks(model, samples, cam, geometry: Geometry, cfg: InferConfig, meta: dict, tta: str, keep: int):
     """Both looks and their pose fits, chunk by chunk: the images a chunk's first look decodes are held
-    for its second look, so each file is decoded once (a third of the time of a look on 2 cores) while
-    the memory held stays within ``HOLD_BYTES``. Each image's result is that of one pass over all
-    images. Returns (first-look Predictions, xy normalised, pose_info, look) as :func:`_second_look`."""
+    for its second look (:class:`pipeline.infer.HeldImages`, within ``HOLD_BYTES``), so each file is
+    decoded once. Each image's result is that of one pass over all images. Returns (first-look
+    Predictions, xy normalised, pose_info, look) as :func:`_second_look`."""
     from tqdm.auto import tqdm
 
-    from pipeline.infer import concat_predictions
+    from pipeline.infer import HeldImages, concat_predictions
 
     files = [s.image for s in samples]
     n = len(files)
@@ -404,7 +404,7 @@ def _two_looks(model, samples, cam, geometry: Geometry, cfg: InferConfig, meta: 
     with tqdm(total=2 * n, unit="img", desc=f"predict, two looks ({cfg.decoder}, tta {tta})",
               disable=not cfg.progress) as bar:
         for a in range(0, n, step):
-            held: dict = {}
+            held = HeldImages(HOLD_BYTES)
             part = predict_files(model, files[a:a + step], geometry, keep=max(0, keep - a), held=held, bar=bar, **kw)
             xy, info = _refine(cam, part, geometry, cfg)
             xy, info, look = _second_look(model, samples[a:a + step], cam, part, xy, info, geometry, cfg, meta, tta,

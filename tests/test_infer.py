@@ -403,7 +403,8 @@ def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, 
     args = ["--input", str(data), "--decoder", "softargmax", "--no-progress", "--visualize", "2", "--split", "all",
             "--tta", "none", "--batch-size", "2"]
     runs = {}
-    for name, budget, chunks in (("one chunk", 1 << 40, [5]), ("chunks of one batch", 1, [2, 2, 1])):
+    one_batch = 2 * 4 * 1920 * 1080  # bytes of two decoded renders
+    for name, budget, chunks in (("one chunk", 1 << 40, [5]), ("chunks of one batch", one_batch, [2, 2, 1])):
         monkeypatch.setattr(predict, "HOLD_BYTES", budget)
         decoded.clear()
         windows.clear()
@@ -418,3 +419,24 @@ def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, 
     assert one["second_look"]["pose_refined_images"] >= 3
     s = json.loads((tmp_path / "one chunk" / "evaluation_summary.json").read_text())
     assert s["euclidean_mean"] < 0.5 * s["detections_before_refinement"]["euclidean_mean"]  # the second look helped
+
+
+def test_held_images_decode_each_file_once_within_the_budget(dataset, monkeypatch):
+    """A budget of two 1920x1080 images over three of them: the first two are kept by the first pass and
+    handed out by the second; the third does not fit and is decoded again; nothing stays held."""
+    from pipeline import infer
+    from pipeline.images import open_image
+
+    files = sorted((Path(dataset) / "Rendered_Images").iterdir())
+    big = [f for f in files if open_image(f).size == (1920, 1080)][:1] * 3  # one file under three indices
+    opened = []
+    monkeypatch.setattr(infer, "open_image", lambda p: opened.append(p) or open_image(p))
+    held = infer.HeldImages(2 * 4 * 1920 * 1080)
+    first = [held.take(f, i) for i, f in enumerate(big)]
+    assert len(opened) == 3 and held.used == 2 * 4 * 1920 * 1080
+    second = [held.take(f, i) for i, f in enumerate(big)]
+    assert len(opened) == 4 and held.used == 0  # only the third decoded again
+    assert second[0] is first[0] and second[1] is first[1] and second[2] is not first[2]
+    np.testing.assert_array_equal(np.asarray(second[2]), np.asarray(first[2]))
+    held.take(big[2], 2)
+    assert len(opened) == 5 and held.used == 0  # a third request is decoded and not kept
