@@ -285,6 +285,25 @@ def test_pose_refinement_from_preprocessing_to_the_summary(tmp_path, monkeypatch
     assert s["refine"] == "none" and "detections_before_refinement" not in s and s["euclidean_mean"] > 0.01
 
 
+def _renders_and_truth(tmp_path, n: int):
+    """``n`` synthetic renders, preprocessed (which calibrates the object and camera), and their truth:
+    (data dir, preprocessing config, collected inputs, sizes, GT original px, GT normalised (0.5 where
+    unknown), GT plus 0.4 model-px noise, visible)."""
+    from pipeline.preprocess import preprocess
+    from pipeline.synthetic import generate_dataset
+
+    geometry = Geometry()
+    data = generate_dataset(tmp_path / "data", count=n, seed=11, progress=False)
+    preprocess(PreprocessConfig(data_dir=str(data), out_dir=str(tmp_path / "arrays"), workers=1), progress=False)
+    pre = json.loads(str(np.load(tmp_path / "arrays" / "Y_data.npz")["config"]))
+    found = collect_inputs([data], 11)
+    sizes = np.array([[1920, 1080]] * n)
+    _, gt_orig, input_px, vis = ground_truth(found.samples, sizes, geometry)
+    xy = np.nan_to_num(geometry.from_input(input_px), nan=0.5)
+    noisy = xy + np.random.default_rng(0).normal(0, 0.4 / 128, xy.shape)
+    return data, pre, found, sizes, gt_orig, xy, noisy, vis
+
+
 def test_second_look_recentres_magnifies_and_sharpens(tmp_path, monkeypatch):
     """First look: the ground truth plus 0.4 model-px noise. Second look: an oracle that answers exactly
     in the window it is shown. The windows are centred on the object, magnified until it fills the
@@ -292,18 +311,9 @@ def test_second_look_recentres_magnifies_and_sharpens(tmp_path, monkeypatch):
     fitted to both looks' detections (one per vertex and look, no turns) is much closer to the truth
     than the first look's."""
     from pipeline import second_look
-    from pipeline.preprocess import preprocess
-    from pipeline.synthetic import generate_dataset
 
     k, geometry, n = 11, Geometry(), 6
-    data = generate_dataset(tmp_path / "data", count=n, seed=11, progress=False)
-    preprocess(PreprocessConfig(data_dir=str(data), out_dir=str(tmp_path / "arrays"), workers=1), progress=False)
-    pre = json.loads(str(np.load(tmp_path / "arrays" / "Y_data.npz")["config"]))
-    found = collect_inputs([data], k)
-    sizes = np.array([[1920, 1080]] * n)
-    _, gt_orig, input_px, vis = ground_truth(found.samples, sizes, geometry)
-    xy = np.nan_to_num(geometry.from_input(input_px), nan=0.5)
-    noisy = xy + np.random.default_rng(0).normal(0, 0.4 / 128, xy.shape)
+    data, pre, found, sizes, gt_orig, xy, noisy, vis = _renders_and_truth(tmp_path, n)
     boxes = []
     real = second_look.look_boxes
     monkeypatch.setattr(second_look, "look_boxes", lambda *a: boxes.append(real(*a)) or boxes[-1])
@@ -356,18 +366,9 @@ def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, 
 
     from pipeline import infer
     from pipeline.images import crop_resize, open_image
-    from pipeline.preprocess import preprocess
-    from pipeline.synthetic import generate_dataset
 
     k, geometry, n = 11, Geometry(), 5
-    data = generate_dataset(tmp_path / "data", count=n, seed=11, progress=False)
-    preprocess(PreprocessConfig(data_dir=str(data), out_dir=str(tmp_path / "arrays"), workers=1), progress=False)
-    pre = json.loads(str(np.load(tmp_path / "arrays" / "Y_data.npz")["config"]))
-    found = collect_inputs([data], k)
-    sizes = np.array([[1920, 1080]] * n)
-    _, gt_orig, input_px, vis = ground_truth(found.samples, sizes, geometry)
-    truth = np.nan_to_num(geometry.from_input(input_px), nan=0.5)
-    noisy = truth + np.random.default_rng(0).normal(0, 0.4 / 128, truth.shape)
+    data, pre, found, sizes, _, truth, noisy, vis = _renders_and_truth(tmp_path, n)
     digest = lambda a: hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()  # noqa: E731
     image_of = {digest(np.asarray(open_image(s.image))): i for i, s in enumerate(found.samples)}
     shown, decoded = {}, []

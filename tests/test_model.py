@@ -1,6 +1,5 @@
 """Model construction, heatmap-size checks, backbone weight resolution and .keras round trips."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -13,7 +13,6 @@ from typing import List, Sequence
 
 import numpy as np
 
-from .camera import Camera
 
 NEAR = 1e-3  # near clipping plane (camera z, model units)
 
