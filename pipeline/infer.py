@@ -161,18 +161,19 @@ class HeldImages:
             first = i not in self._asked
             self._asked.add(i)
             if img is not None:
-                self.used -= _bytes(img)
+                self.used -= decoded_bytes(img.size)
                 return img
         img = open_image(path)
         with self._lock:
-            if first and self.used + _bytes(img) <= self.budget:
+            if first and self.used + decoded_bytes(img.size) <= self.budget:
                 self._images[i] = img
-                self.used += _bytes(img)
+                self.used += decoded_bytes(img.size)
         return img
 
 
-def _bytes(img) -> int:
-    return 4 * img.width * img.height  # Pillow keeps an RGB pixel in 4 bytes
+def decoded_bytes(size) -> int:
+    """Memory of a decoded RGB image of ``size`` (W, H): Pillow keeps a pixel in 4 bytes."""
+    return 4 * int(size[0]) * int(size[1])
 
 
 def _load_or_blank(files, i: int, geometry: Geometry, errors: dict, boxes=None, held=None):
@@ -291,9 +292,9 @@ def predict_files(model, files, geometry: Geometry, *, batch_size: int = 32, dec
     ``tta``: ``none``, or ``rotN`` (see :mod:`pipeline.tta`; the model then sees N times the images).
     ``boxes``: (N, 4) per-image crop windows in original px (:meth:`Geometry.look_box`); the normalised
     coordinates are then those of each image's window (:meth:`Geometry.from_box` maps them back).
-    ``held``: a :class:`HeldImages` that keeps the decoded images for a second call on the same files. ``pad``: fill a short batch up to ``batch_size`` so the model sees one
-    shape (default: when there is more than one batch). ``bar``: a tqdm bar to advance instead of
-    showing one of its own.
+    ``held``: a :class:`HeldImages` that keeps the decoded images for a second call on the same
+    files. ``pad``: fill a short batch up to ``batch_size`` so the model sees one shape (default:
+    when there is more than one batch). ``bar``: a tqdm bar to advance instead of showing its own.
     """
     import contextlib
 

@@ -377,13 +377,14 @@ def _chunk_size(files, batch_size: int) -> int:
     """Images per chunk of :func:`_two_looks`: as many whole batches as fit ``HOLD_BYTES`` of decoded
     images the size of the first readable one (one batch at least)."""
     from pipeline.images import image_size
+    from pipeline.infer import decoded_bytes
 
     for f in files:
         try:
-            w, h = image_size(f)
+            size = image_size(f)
         except ImageError:
             continue
-        return batch_size * max(1, HOLD_BYTES // (4 * w * h * batch_size))  # Pillow holds RGB in 4 bytes a pixel
+        return batch_size * max(1, HOLD_BYTES // (decoded_bytes(size) * batch_size))
     return batch_size
 
 

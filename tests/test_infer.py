@@ -387,9 +387,12 @@ def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, 
             xy, seen = np.full((len(x), k, 2), 0.5), np.zeros((len(x), k), bool)
             for j, img in enumerate(np.asarray(x, np.uint8)):
                 if digest(img) in shown:  # not a padding input
-                    i, box = shown[digest(img)]
+                    i, box = shown[digest(img)]  # box None: the first look's crop
                     seen[j] = vis[i]
-                    xy[j] = noisy[i] if box is None else Geometry.to_box(geometry.from_normalised(truth[i], sizes[i]), box)
+                    if box is None:
+                        xy[j] = noisy[i]
+                    else:
+                        xy[j] = Geometry.to_box(geometry.from_normalised(truth[i], sizes[i]), box)
             return {"heatmaps": render(xy, seen, 64, 1.0), "coords": xy.reshape(len(x), -1)}
 
     from pipeline import second_look
