@@ -444,3 +444,34 @@ def test_held_images_decode_each_file_once_within_the_budget(dataset, monkeypatc
     np.testing.assert_array_equal(np.asarray(second[2]), np.asarray(first[2]))
     held.take(big[2], 2)
     assert len(opened) == 5 and held.used == 0  # a third request is decoded and not kept
+
+
+def test_a_chunk_of_unreadable_files_is_skipped_and_named(tmp_path, monkeypatch):
+    """Two looks in chunks of one batch, the middle chunk two unreadable files: the readable images are
+    predicted by both looks, the two files are reported by name, and nothing else is lost."""
+    k, geometry = 11, Geometry()
+    data, pre, found, *_ = _renders_and_truth(tmp_path, 3)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name, sample in zip(("a1", "a2", "c1"), found.samples):
+        shutil.copy(sample.image, folder / f"{name}.png")
+    (folder / "b1.png").write_bytes(b"not an image")
+    (folder / "b2.png").write_bytes((folder / "a1.png").read_bytes()[:5000])  # truncated
+
+    class Centre:
+        def predict_on_batch(self, x):
+            xy = np.full((len(x), k, 2), 0.5)
+            return {"heatmaps": render(xy, np.ones((len(x), k), bool), 64, 1.0), "coords": xy.reshape(len(x), -1)}
+
+    sidecar = {"preprocess": pre, "train": {}, "objects": {"extent": 0.5}}
+    monkeypatch.setattr(predict, "load_model_and_geometry", lambda p: (Centre(), sidecar, geometry, k))
+    monkeypatch.setattr(predict, "HOLD_BYTES", 2 * 4 * 1920 * 1080)  # chunks of one batch of 2
+    out = tmp_path / "pred"
+    with pytest.warns(UserWarning, match="Skipping unreadable image"):
+        assert use_vis.main(["--input", str(folder), "--out-dir", str(out), "--no-progress", "--visualize", "0",
+                             "--tta", "none", "--batch-size", "2"]) == 0
+    d = json.loads((out / "predictions.json").read_text())
+    assert [im["stem"] for im in d["images"]] == ["a1", "a2", "c1"]
+    assert sorted(Path(s["file"]).name for s in d["skipped_files"]) == ["b1.png", "b2.png"]
+    assert d["second_look"]["images"] == 3
+    assert all(im["orig_size"] == [1920, 1080] and "second_look_box_orig" in im for im in d["images"])
