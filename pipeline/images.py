@@ -66,9 +66,11 @@ def crop_resize(img: Image.Image, geometry: Geometry, box=None) -> np.ndarray:
     return np.asarray(window.resize((s, s), RESAMPLE, box=box), dtype=np.uint8)
 
 
-def load_model_input(path, geometry: Geometry, box=None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Read ``path`` and return (model input (S, S, 3) uint8 of the crop window ``box``, original (W, H))."""
-    img = open_image(path)
+def load_model_input(path, geometry: Geometry, box=None, opener=None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read ``path`` and return (model input (S, S, 3) uint8 of the crop window ``box``, original (W, H)).
+
+    ``opener``: what decodes ``path`` in place of :func:`open_image` (e.g. one that keeps the image)."""
+    img = (opener or open_image)(path)
     return crop_resize(img, geometry, box), img.size
 
 

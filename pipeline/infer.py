@@ -13,6 +13,7 @@ or image files. Images are decoded by a thread pool a few batches ahead of the m
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -25,7 +26,7 @@ import numpy as np
 from pipeline import annotations as ann
 from pipeline.geometry import Geometry
 from pipeline.heatmaps import decode_peak
-from pipeline.images import IMAGE_SUFFIXES, ImageError, crop_resize, list_images, open_image
+from pipeline.images import IMAGE_SUFFIXES, ImageError, list_images, load_model_input, open_image
 from pipeline.tta import merge_outputs, tta_angles, turned_inputs
 
 DECODERS = ("peak", "softargmax")
@@ -180,8 +181,8 @@ def _load_or_blank(files, i: int, geometry: Geometry, errors: dict, boxes=None, 
     """Model input, (W, H) and True for ``files[i]`` (cropped at ``boxes[i]`` if given); a black input,
     (0, 0) and False (error noted) if unreadable. ``held``: a :class:`HeldImages` to take it from."""
     try:
-        img = open_image(files[i]) if held is None else held.take(files[i], i)
-        x, (w, h) = crop_resize(img, geometry, None if boxes is None else boxes[i]), img.size
+        opener = None if held is None else functools.partial(held.take, i=i)
+        x, (w, h) = load_model_input(files[i], geometry, None if boxes is None else boxes[i], opener)
         return x, np.array([w, h], np.int32), np.bool_(True)
     except ImageError as e:
         errors[i] = str(e)

@@ -364,7 +364,7 @@ def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, 
     the second the exact truth in its window."""
     import hashlib
 
-    from pipeline import infer
+    from pipeline import images, infer
     from pipeline.images import crop_resize, open_image
 
     k, geometry, n = 11, Geometry(), 5
@@ -400,7 +400,7 @@ def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, 
     windows = []
     real_boxes = second_look.look_boxes
     monkeypatch.setattr(second_look, "look_boxes", lambda *a: windows.append(len(a[1])) or real_boxes(*a))
-    monkeypatch.setattr(infer, "crop_resize", traced_crop)
+    monkeypatch.setattr(images, "crop_resize", traced_crop)
     monkeypatch.setattr(infer, "open_image", counted_open)
     sidecar = {"preprocess": pre, "train": {"affine_prob": 0.5, "scale_range": 0.2}, "objects": {"extent": 0.5}}
     monkeypatch.setattr(predict, "load_model_and_geometry", lambda p: (WindowOracle(), sidecar, geometry, k))
