@@ -34,7 +34,8 @@ def main(argv=None):
     except (PreprocessError, AnnotationError, FileNotFoundError, ValueError) as e:
         print(f"preprocess_vis.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"Wrote {report.x_path} and {report.y_path}: {report.samples} samples, K={report.num_keypoints}, "
+    views = f" ({report.renders} renders x {1 + cfg.zoom_views} views)" if cfg.zoom_views else ""
+    print(f"Wrote {report.x_path} and {report.y_path}: {report.samples} samples{views}, K={report.num_keypoints}, "
           f"{report.seconds:.1f} s ({report.images_per_second:.1f} images/s).")
     print(f"Object and camera for pose refinement: {report.camera_note}")
     if report.images_without_json:

@@ -175,6 +175,8 @@ class Dataset:
         stems: (N,) str; orig_sizes: (N, 2) int (W, H); affine: (N, 4) original -> normalised.
         config: the preprocessing config (dict) that produced the arrays.
         edges: (E, 2) int mesh edges, for drawing.
+        views: (N,) int, which view of its render a row is: 0 the geometry's crop, 1.. a zoomed view
+            (``preprocess_vis.py --zoom-views``); None for arrays without views (all 0).
     """
 
     x: np.ndarray
@@ -187,6 +189,7 @@ class Dataset:
     affine: np.ndarray
     config: dict
     edges: np.ndarray
+    views: np.ndarray | None = None
 
     @property
     def num_keypoints(self) -> int:
@@ -242,6 +245,7 @@ def _concat(parts: list) -> Dataset:
         affine=cat("affine"),
         config=first.config,
         edges=first.edges,
+        views=cat("views") if all(p.views is not None for p in parts) else None,
     )
 
 
@@ -278,4 +282,5 @@ def _load_pair(xp: Path, yp: Path, mmap: bool) -> Dataset:
         affine=np.asarray(y["affine"]),
         config=json.loads(str(y["config"])),
         edges=np.asarray(y.get("edges", np.zeros((0, 2), np.int32))),
+        views=np.asarray(y["views"]) if "views" in y else None,
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.geometry import Geometry
+from pipeline.views import ZoomViews
 
 
 def _help(text: str, **kw):
@@ -41,6 +42,13 @@ class PreprocessConfig:
     limit: int = _help("Use only the first N annotated images (0: all).", default=0)
     shards: int = _help("Write N shard files plus data_index.json instead of one X/Y pair (0: unsharded).",
                         default=0)
+    zoom_views: int = _help("Also write N zoomed views per render: crops centred on its object and magnified until "
+                            "it fills a share drawn from --zoom-fill, like the second look at inference (0: none).",
+                            default=0)
+    zoom_fill: tuple[float, float] = _help("Range of the share of a zoomed view the object's extent fills.",
+                                           default=(0.55, 0.9))
+    zoom_jitter: float = _help("Standard deviation of a zoomed view's centre, as a share of its side.", default=0.02)
+    zoom_seed: int = _help("Seed of the zoomed views (drawn per render stem).", default=0)
     skip_invalid: bool = _help("Skip bad images/annotations and list them, instead of stopping.", default=False)
     sanity_grid: str = _help("Write a PNG grid of samples with keypoints and heatmaps here ('' to skip).",
                              default="logs/preprocess_sanity.png")
@@ -51,6 +59,7 @@ class PreprocessConfig:
         if self.heatmap_dtype not in ("float16", "float32"):
             raise ValueError(f"heatmap_dtype must be float16 or float32. Received: {self.heatmap_dtype!r}")
         self.geometry()  # validates sizes
+        self.zoom()  # validates the zoomed views
 
     def geometry(self) -> Geometry:
         return Geometry(
@@ -59,6 +68,10 @@ class PreprocessConfig:
             input_size=self.img_size,
             heatmap_size=self.heat_size,
         )
+
+
+    def zoom(self) -> ZoomViews:
+        return ZoomViews(self.zoom_views, tuple(self.zoom_fill), self.zoom_jitter, self.zoom_seed)
 
 
 def geometry_from_dict(cfg: dict) -> Geometry:

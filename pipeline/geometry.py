@@ -120,6 +120,14 @@ class Geometry:
         b = np.asarray(boxes, np.float64)[..., None, :]
         return (np.asarray(uv, np.float64) - b[..., :2]) / (b[..., 2:] - b[..., :2])
 
+    @staticmethod
+    def box_affine(boxes) -> np.ndarray:
+        """The affine original -> normalised of crops taken at ``boxes`` (..., 4), in the layout of
+        :meth:`affine`: ``to_box(uv, box) == uv * scale + offset``."""
+        b = np.asarray(boxes, np.float64)
+        side = b[..., 2:] - b[..., :2]
+        return np.concatenate([1.0 / side, -b[..., :2] / side], axis=-1)
+
     # -- normalised <-> model spaces -----------------------------------------------------------
     def to_input(self, xy) -> np.ndarray:
         """Normalised -> model-input pixels."""

@@ -30,10 +30,25 @@ from pipeline.augment import AugmentConfig, augment_batch, random_affine, random
 from pipeline.heatmaps import render_tf
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic seeded split of ``range(n)`` into sorted (train, val) index arrays."""
+def split_indices(n: int, val_fraction: float, seed: int, stems=None, views=None) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic seeded split of ``range(n)`` into sorted (train, val) index arrays.
+
+    Where rows share a render (``stems`` (n,) repeat, as with zoomed views), the renders are split
+    instead, so that no render has views on both sides; validation then keeps only each held-out
+    render's view 0 (``views`` (n,)), the geometry's own crop, so its figures compare with those of
+    arrays without views. Arrays whose stems are all distinct split exactly as without ``stems``.
+    """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_split must be in [0, 1). Received: val_split={val_fraction}")
+    if stems is not None:
+        if len(stems) != n:
+            raise ValueError(f"split_indices: {len(stems)} stems for {n} rows.")
+        unique, render = np.unique(np.asarray(stems), return_inverse=True)
+        if len(unique) < n:
+            _, val_renders = split_indices(len(unique), val_fraction, seed)
+            held = np.isin(render, val_renders)
+            val = held if views is None else held & (np.asarray(views) == 0)
+            return np.flatnonzero(~held), np.flatnonzero(val)
     perm = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * val_fraction))
     if val_fraction > 0 and n_val == 0 and n > 1:

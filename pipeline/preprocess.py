@@ -29,8 +29,9 @@ from pipeline.annotations import (
 from pipeline.arrays import INDEX_FILE, X_FILE, Y_FILE, atomic_path, shard_names, write_npz_stored
 from pipeline.config import PreprocessConfig, to_dict
 from pipeline.geometry import Geometry
-from pipeline.images import ImageError, load_model_input
+from pipeline.images import ImageError, crop_resize, open_image
 from pipeline.pose import calibrate_pairs
+from pipeline.views import ZoomViews
 
 CHUNK = 256  # heatmaps rendered and written per block
 
@@ -43,7 +44,8 @@ class PreprocessError(RuntimeError):
 class PreprocessReport:
     """What a run did: counts, skipped files, timing."""
 
-    samples: int = 0
+    samples: int = 0  # rows written: renders x views per render
+    renders: int = 0
     num_keypoints: int = 0
     skipped: list = field(default_factory=list)  # [(path, reason)]
     images_without_json: list = field(default_factory=list)
@@ -55,25 +57,29 @@ class PreprocessReport:
 
     @property
     def images_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else 0.0
+        return self.renders / self.seconds if self.seconds > 0 else 0.0
 
 
 _GEOMETRY: Geometry | None = None
+_ZOOM: ZoomViews = ZoomViews()
 
 
-def _init_worker(geometry: Geometry) -> None:
-    global _GEOMETRY
-    _GEOMETRY = geometry
+def _init_worker(geometry: Geometry, zoom: ZoomViews) -> None:
+    global _GEOMETRY, _ZOOM
+    _GEOMETRY, _ZOOM = geometry, zoom
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _load(task):
-    i, path = task
+    """Decode one image once into its views: (i, inputs (V, S, S, 3), size, view boxes (V - 1, 4), error)."""
+    i, path, stem, points = task
     try:
-        x, size = load_model_input(path, _GEOMETRY)
-        return i, x, size, None
+        img = open_image(path)
+        boxes = _ZOOM.boxes(_GEOMETRY, img.size, points, stem) if _ZOOM.count else np.zeros((0, 4))
+        x = np.stack([crop_resize(img, _GEOMETRY)] + [crop_resize(img, _GEOMETRY, b) for b in boxes])
+        return i, x, img.size, boxes, None
     except ImageError as e:
-        return i, None, None, str(e)
+        return i, None, None, None, str(e)
 
 
 def _parse_all(pairs, k: int):
@@ -87,28 +93,31 @@ def _parse_all(pairs, k: int):
     return anns, bad
 
 
-def _decode_images(paths, geometry, workers, x_out, progress):
-    """Fill ``x_out[i]`` from ``paths[i]``; returns (sizes (N, 2), {i: error})."""
+def _decode_images(tasks, geometry, zoom, workers, x_out, progress):
+    """Fill rows ``i * V .. i * V + V - 1`` of ``x_out`` with the V views of image ``i`` (the geometry's
+    crop, then ``zoom.count`` zoomed views) from ``tasks`` [(path, stem, points)]; returns (sizes (N, 2),
+    view boxes (N, V - 1, 4), {i: error})."""
     from tqdm import tqdm
 
-    n = len(paths)
+    n, v = len(tasks), 1 + zoom.count
     sizes = np.zeros((n, 2), dtype=np.int32)
+    boxes = np.zeros((n, zoom.count, 4))
     errors = {}
-    tasks = list(enumerate(paths))
     bar = tqdm(total=n, desc="preprocess", unit="img", disable=not progress)
+    tasks = [(i, *t) for i, t in enumerate(tasks)]
     if workers <= 1:
-        _init_worker(geometry)
+        _init_worker(geometry, zoom)
         results = map(_load, tasks)
         pool = None
     else:
         ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(geometry,))
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(geometry, zoom))
         results = pool.imap_unordered(_load, tasks, chunksize=8)
     try:
-        for i, x, size, err in results:
+        for i, x, size, b, err in results:
             if err is None:
-                x_out[i] = x
-                sizes[i] = size
+                x_out[i * v:(i + 1) * v] = x
+                sizes[i], boxes[i] = size, b
             else:
                 errors[i] = err
             bar.update(1)
@@ -117,7 +126,7 @@ def _decode_images(paths, geometry, workers, x_out, progress):
         if pool is not None:
             pool.terminate()
             pool.join()
-    return sizes, errors
+    return sizes, boxes, errors
 
 
 def preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessReport:
@@ -183,7 +192,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessReport
                 "shards": [{"x": x, "y": y, "samples": c} for (x, y), c in zip(names, counts)],
             }, indent=2))
     _remove_stale_outputs(out_dir, sharded=cfg.shards > 0, keep=names)
-    report.samples = m
+    report.samples, report.renders = m, m // (1 + cfg.zoom_views)
     report.skipped = bad
     report.seconds = time.perf_counter() - t0
     report.x_path, report.y_path = str(out_dir / names[0][0]), str(out_dir / names[0][1])
@@ -210,29 +219,38 @@ class _Part:
 
     def write(self, pairs, anns, x_tmp: Path, y_tmp: Path, bad_so_far) -> tuple[int, list]:
         g, k, cfg = self.geometry, self.k, self.cfg
+        zoom = cfg.zoom()
+        v = 1 + zoom.count  # rows per image: the geometry's crop, then the zoomed views
         n, s, hs = len(pairs), g.input_size, g.heatmap_size
         hm_dtype = np.dtype(cfg.heatmap_dtype)
         h_tmp = x_tmp.with_name(x_tmp.name + ".heatmaps.npy")  # scratch, streamed into the npz
         with _scratch(h_tmp):
-            x_all = np.lib.format.open_memmap(x_tmp, mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
-            sizes, img_errors = _decode_images([p[1] for p in pairs], g, self.workers, x_all, self.progress)
+            x_all = np.lib.format.open_memmap(x_tmp, mode="w+", dtype=np.uint8, shape=(n * v, s, s, 3))
+            nowhere = np.full((k, 2), np.nan)
+            tasks = [(img, stem, a.pixels if a is not None else nowhere) for (stem, img, _), a in zip(pairs, anns)]
+            sizes, boxes, img_errors = _decode_images(tasks, g, zoom, self.workers, x_all, self.progress)
             bad = [(str(pairs[i][1]), e) for i, e in sorted(img_errors.items())]
             if (bad or bad_so_far) and not cfg.skip_invalid:
                 raise PreprocessError(_bad_message(bad_so_far + bad))
             idx = np.array([i for i, a in enumerate(anns) if a is not None and i not in img_errors], dtype=int)
-            m = len(idx)
-            pixels = np.stack([anns[i].pixels for i in idx]) if m else np.zeros((0, k, 2))  # original px
-            vis_ann = np.stack([anns[i].visible for i in idx]) if m else np.zeros((0, k), bool)
-            sizes = sizes[idx]
-            norm = g.to_normalised(pixels, sizes) if m else pixels  # (M, K, 2)
+            rows = (idx[:, None] * v + np.arange(v)).reshape(-1)  # every view of each valid image
+            m = len(rows)
+            rep = lambda a: np.repeat(np.asarray(a), v, axis=0)  # noqa: E731 - per image -> per row
+            pixels = rep([anns[i].pixels for i in idx]) if m else np.zeros((0, k, 2))  # original px
+            vis_ann = rep([anns[i].visible for i in idx]) if m else np.zeros((0, k), bool)
+            sizes = rep(sizes[idx])
+            # original -> normalised per row: the geometry's crop for view 0, each zoomed view's own box
+            affine = np.concatenate([g.affine(np.maximum(sizes[::v], 1))[:, None],
+                                     Geometry.box_affine(boxes[idx])], axis=1).reshape(m, 4) if m else np.zeros((0, 4))
+            norm = pixels * affine[:, None, :2] + affine[:, None, 2:]  # (M, K, 2)
             visible = vis_ann & g.inside(np.nan_to_num(norm, nan=-1.0))
             coords = np.where(visible[..., None], norm, -1.0).astype(np.float32).reshape(m, 2 * k)
             keypoints_px = np.where(visible[..., None], pixels, np.nan)
 
-            if m < n:  # compact the valid rows into a fresh file of the right length
+            if m < n * v:  # compact the valid rows into a fresh file of the right length
                 x_keep = np.lib.format.open_memmap(h_tmp, mode="w+", dtype=np.uint8, shape=(m, s, s, 3))
                 for a in range(0, m, CHUNK):
-                    x_keep[a:a + CHUNK] = x_all[idx[a:a + CHUNK]]
+                    x_keep[a:a + CHUNK] = x_all[rows[a:a + CHUNK]]
                 x_keep.flush()
                 del x_all, x_keep
                 os.replace(h_tmp, x_tmp)
@@ -253,9 +271,10 @@ class _Part:
                     "coords": coords,
                     "visible": visible,
                     "keypoints_px": keypoints_px,
-                    "stems": np.array([pairs[i][0] for i in idx], dtype=str),
+                    "stems": rep([pairs[i][0] for i in idx]).astype(str) if m else np.zeros(0, str),
+                    "views": np.tile(np.arange(v, dtype=np.int16), len(idx)),
                     "orig_sizes": sizes.astype(np.int32).reshape(m, 2),
-                    "affine": g.affine(sizes).reshape(m, 4) if m else np.zeros((0, 4)),
+                    "affine": affine,
                     "edges": self.edges,
                     "config": np.array(json.dumps(self.config)),
                 },

@@ -66,13 +66,13 @@ def fill_share(meta: dict | None) -> tuple[float, str]:
 
 
 def look_boxes(geometry: Geometry, sizes: np.ndarray, points: np.ndarray, mask: np.ndarray,
-               fill: float) -> tuple[np.ndarray, np.ndarray]:
+               fill) -> tuple[np.ndarray, np.ndarray]:
     """Second-look windows: (boxes (N, 4) original px, zooms (N,)).
 
     Each image's window is the geometry's crop window, centred on the bounding box of its ``points``
-    (N, K, 2) original px where ``mask`` (N, K), and magnified until that bounding box fills ``fill`` of
-    it, but never below 1 nor past one original pixel per model-input pixel. Images without such
-    points keep the crop window, zoom 1.
+    (N, K, 2) original px where ``mask`` (N, K), and magnified until that bounding box fills ``fill``
+    (one share, or (N,) shares) of it, but never below 1 nor past one original pixel per model-input
+    pixel. Images without such points keep the crop window, zoom 1.
     """
     sizes = np.where(np.asarray(sizes) > 0, sizes, 1)
     base = geometry.crop_box(sizes)

@@ -167,6 +167,14 @@ class _Data:
     note: str
 
 
+def _split_keys(cfg: TrainConfig, ds, n_total: int):
+    """(stems, views) of every row of the arrays, for :func:`split_indices`: this worker's, or where it
+    opened only its shards, all shards' (small arrays)."""
+    if len(ds) != n_total:
+        ds = load_dataset(cfg.data_dir)
+    return ds.stems, ds.views
+
+
 def _local_part(idx: np.ndarray, start: int, end: int) -> np.ndarray:
     return idx[(idx >= start) & (idx < end)] - start
 
@@ -179,7 +187,8 @@ def _data(cfg: TrainConfig, dist, ds, own, global_batch: int, common: dict, aug,
     """
     tr = common if train_sigma is None else dict(common, sigma=train_sigma)
     n_total = sum(own[1]) if own else len(ds)
-    train_idx, val_idx = split_indices(n_total, cfg.val_split, cfg.seed)
+    stems, views = _split_keys(cfg, ds, n_total)
+    train_idx, val_idx = split_indices(n_total, cfg.val_split, cfg.seed, stems, views)
     if global_batch > len(train_idx):
         raise ValueError(f"batch_size={global_batch} is larger than the {len(train_idx)} training samples "
                          f"({n_total} in {cfg.data_dir}, val_split={cfg.val_split}). Lower --batch-size.")
