@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only preprocess train infer memory accuracy]``.
+"""``python -m benchmarks [--quick] [--only peak preprocess train infer memory accuracy]``.
 
 Writes ``benchmarks/results/<machine>-<date>.json`` and prints a markdown table.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from benchmarks import machine
 from benchmarks.child import run_child
 
-SECTIONS = ("preprocess", "train", "infer", "memory", "accuracy")
+SECTIONS = ("peak", "preprocess", "train", "infer", "memory", "accuracy")
 
 # (full, quick) sizes of each workload
 SIZES = {
@@ -30,6 +30,10 @@ def _generate(out: Path, count: int, quick: bool) -> Path:
 
     size = {"width": 320, "height": 180} if quick else {}
     return generate_dataset(out, count=count, seed=100, progress=False, resume=True, **size)
+
+
+def bench_peak(work: Path, quick: bool) -> dict:
+    return run_child("benchmarks.peak_bench", "run", quick=quick)
 
 
 def bench_preprocess(work: Path, quick: bool) -> dict:
@@ -95,6 +99,14 @@ def table(results: dict) -> str:
     lines = [f"Machine: {info['cpu']}, {info['cores']} cores, GPU: {info['gpu']}, bf16 CPU: {info['cpu_bf16']}, "
              f"TensorFlow {info['tensorflow']} ({results['date']}{', quick' if results['quick'] else ''})", "",
              "| benchmark | pipeline | naive baseline | ratio |", "| --- | --- | --- | --- |"]
+    k = results.get("peak")
+    if k:
+        lines.append(f"| raw matrix product {k['matmul_n']}^2, GFLOP/s float32 / bf16 | "
+                     f"{k['matmul_float32_gflops']:.0f} / {k['matmul_bf16_gflops']:.0f} | | "
+                     f"bf16 {k['matmul_bf16_vs_float32']:.2f}x |")
+        lines.append(f"| raw 3x3 convolution {tuple(k['conv_shape'])}, GFLOP/s float32 / bf16 | "
+                     f"{k['conv3x3_float32_gflops']:.0f} / {k['conv3x3_bf16_gflops']:.0f} | | "
+                     f"bf16 {k['conv3x3_bf16_vs_float32']:.2f}x |")
     p = results.get("preprocess")
     if p:
         lines.append(f"| preprocess images/s | {p['pipeline']['images_per_s']:.1f} | {p['naive']['images_per_s']:.1f} "
