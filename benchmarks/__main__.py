@@ -145,7 +145,8 @@ def table(results: dict) -> str:
     if a:
         runs = [("", a["summary"])] + ([(" (--tta none)", a["summary_no_tta"])] if "summary_no_tta" in a else [])
         lines += ["", f"Accuracy (recipe {a['recipe']}: preset {a['preset']}, {a['train_count']} train / "
-                      f"{a['test_count']} held-out renders, training {a['train_s'] / 60:.1f} min, "
+                      f"{a['test_count']} held-out renders, preprocessing {' '.join(a.get('preprocess_args', [])) or 'plain'}, "
+                      f"training {a['train_s'] / 60:.1f} min, "
                       f"{a.get('epochs_run', '?')} epochs; use_vis.py "
                       f"test-time augmentation {a['summary'].get('tta', 'none')}, refinement "
                       f"{a['summary'].get('refine', 'none')}, second look "
