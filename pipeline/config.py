@@ -69,7 +69,6 @@ class PreprocessConfig:
             heatmap_size=self.heat_size,
         )
 
-
     def zoom(self) -> ZoomViews:
         return ZoomViews(self.zoom_views, tuple(self.zoom_fill), self.zoom_jitter, self.zoom_seed)
 

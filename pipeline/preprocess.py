@@ -240,7 +240,7 @@ class _Part:
             vis_ann = rep([anns[i].visible for i in idx]) if m else np.zeros((0, k), bool)
             sizes = rep(sizes[idx])
             # original -> normalised per row: the geometry's crop for view 0, each zoomed view's own box
-            affine = np.concatenate([g.affine(np.maximum(sizes[::v], 1))[:, None],
+            affine = np.concatenate([g.affine(sizes[::v])[:, None],
                                      Geometry.box_affine(boxes[idx])], axis=1).reshape(m, 4) if m else np.zeros((0, 4))
             norm = pixels * affine[:, None, :2] + affine[:, None, 2:]  # (M, K, 2)
             visible = vis_ann & g.inside(np.nan_to_num(norm, nan=-1.0))

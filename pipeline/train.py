@@ -168,8 +168,11 @@ class _Data:
 
 
 def _split_keys(cfg: TrainConfig, ds, n_total: int):
-    """(stems, views) of every row of the arrays, for :func:`split_indices`: this worker's, or where it
-    opened only its shards, all shards' (small arrays)."""
+    """(stems, views) of every row of the arrays, for :func:`split_indices`; (None, None) for arrays
+    without zoomed views, which split by row. A worker that opened only its shards reads the other
+    shards' (small arrays) only when there are views to keep together."""
+    if not ds.config.get("zoom_views"):
+        return None, None
     if len(ds) != n_total:
         ds = load_dataset(cfg.data_dir)
     return ds.stems, ds.views
