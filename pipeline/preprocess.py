@@ -29,7 +29,7 @@ from pipeline.annotations import (
 from pipeline.arrays import INDEX_FILE, X_FILE, Y_FILE, atomic_path, shard_names, write_npz_stored
 from pipeline.config import PreprocessConfig, to_dict
 from pipeline.geometry import Geometry
-from pipeline.images import ImageError, crop_resize, open_image
+from pipeline.images import ImageError, crop_resize, decode
 from pipeline.pose import calibrate_pairs
 from pipeline.views import ZoomViews
 
@@ -73,11 +73,15 @@ def _init_worker(geometry: Geometry, zoom: ZoomViews) -> None:
 def _load(task):
     """Decode one image once into its views: (i, inputs (V, S, S, 3), size, view boxes (V - 1, 4), error)."""
     i, path, stem, points = task
+
+    def windows(size):  # the geometry's crop, then the zoomed views
+        zoomed = _ZOOM.boxes(_GEOMETRY, size, points, stem) if _ZOOM.count else np.zeros((0, 4))
+        return np.concatenate([_GEOMETRY.crop_box(size)[None], zoomed])
+
     try:
-        img = open_image(path)
-        boxes = _ZOOM.boxes(_GEOMETRY, img.size, points, stem) if _ZOOM.count else np.zeros((0, 4))
-        x = np.stack([crop_resize(img, _GEOMETRY)] + [crop_resize(img, _GEOMETRY, b) for b in boxes])
-        return i, x, img.size, boxes, None
+        img = decode(path, windows, _GEOMETRY.input_size)
+        x = np.stack([crop_resize(img, _GEOMETRY, b) for b in img.windows])
+        return i, x, img.size, img.windows[1:], None
     except ImageError as e:
         return i, None, None, None, str(e)
 
