@@ -8,6 +8,31 @@ from pathlib import Path
 import numpy as np
 
 
+def jpeg_copy(data_dir: str, out_dir: str, quality: int = 95) -> str:
+    """The dataset at ``data_dir`` with its renders re-encoded as JPEG (once; kept for later runs)."""
+    import os
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    src, dst = Path(data_dir), Path(out_dir)
+    for sub in ("JSON_Data_REF", "Object_Information"):
+        shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True)
+    (dst / "Rendered_Images").mkdir(parents=True, exist_ok=True)
+
+    def convert(png: Path):
+        out = dst / "Rendered_Images" / f"{png.stem}.jpg"
+        if not out.exists():
+            tmp = out.with_name(f".{out.name}.tmp")
+            Image.open(png).convert("RGB").save(tmp, format="JPEG", quality=quality)
+            os.replace(tmp, out)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(convert, sorted((src / "Rendered_Images").glob("*.png"))))
+    return str(dst)
+
+
 def run_pipeline(data_dir: str, out_dir: str, workers: int = 0) -> dict:
     from pipeline.config import PreprocessConfig
     from pipeline.preprocess import preprocess
