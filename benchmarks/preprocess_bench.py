@@ -46,7 +46,12 @@ def run_naive(data_dir: str, out_dir: str) -> dict:
     """Seed-001 style: eager TF ops per image, Python lists, float32 X, stacked at the end."""
     import tensorflow as tf
 
-    from pipeline.annotations import find_mesh_file, load_mesh_info, pair_dataset, parse_annotation
+    from pipeline.annotations import (
+        find_mesh_file,
+        load_mesh_info,
+        pair_dataset,
+        parse_annotation,
+    )
 
     t0 = time.perf_counter()
     k = load_mesh_info(find_mesh_file(data_dir)).num_keypoints

@@ -9,9 +9,9 @@ chain up to resampling filters, costs one resize instead of two, and is exact in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

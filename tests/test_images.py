@@ -5,7 +5,14 @@ import pytest
 from PIL import Image
 
 from pipeline.geometry import Geometry
-from pipeline.images import ImageError, crop_resize, decode, decode_scale, load_model_input, open_image
+from pipeline.images import (
+    ImageError,
+    crop_resize,
+    decode,
+    decode_scale,
+    load_model_input,
+    open_image,
+)
 
 RGB = (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)
 
