@@ -110,3 +110,22 @@ def test_peak_decoder_matches_a_per_map_reference(dtype):
         assert xy[i, j, k] == pytest.approx((x, y), abs=1e-12) and conf[i, j, k] == peak
     assert xy[0, 0, 0, 0] == 5.5 / 12 and xy[1, 2, 3, 1] == 11.5 / 12  # border peaks stay on their pixel centres
     assert xy[1, 1, 1] == pytest.approx((5.5 / 12, 5.5 / 12), abs=1e-12)  # symmetric peak: no step
+
+
+def test_render_matches_the_gaussian_formula_in_both_dtypes():
+    """float32 targets are the separable Gaussian to float32 precision; float16 targets are exactly
+    those rounded to float16 (the values zeroed before the cast round to 0 anyway)."""
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(-0.1, 1.1, (6, 5, 2))
+    vis = rng.uniform(size=(6, 5)) > 0.3
+    s, sigma = 64, 2.0
+    c = (np.arange(s) + 0.5)[None, :, None, None]  # rows
+    r = (np.arange(s) + 0.5)[None, None, :, None]  # columns
+    px, py = xy[..., 0][:, None, None, :] * s, xy[..., 1][:, None, None, :] * s
+    want = np.exp(-((r - px) ** 2 + (c - py) ** 2) / (2 * sigma**2)) * vis[:, None, None, :]
+    h32 = hm.render(xy, vis, s, sigma)
+    h16 = hm.render(xy, vis, s, sigma, dtype=np.float16)
+    assert h32.shape == h16.shape == (6, s, s, 5) and h16.dtype == np.float16
+    np.testing.assert_allclose(h32, want, rtol=1e-6, atol=1e-30)
+    np.testing.assert_array_equal(h16, h32.astype(np.float16))
+    assert np.all(h16[~np.broadcast_to(vis[:, None, None, :], h16.shape)] == 0)
