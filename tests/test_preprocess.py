@@ -220,6 +220,11 @@ def test_jpeg_renders_decoded_smaller_give_the_png_arrays(tmp_path):
     shutil.copytree(png, jpg, ignore=shutil.ignore_patterns("*.png"))
     for p in (png / "Rendered_Images").glob("*.png"):
         Image.open(p).save(jpg / "Rendered_Images" / f"{p.stem}.jpg", quality=100)
+    from pipeline.geometry import Geometry
+    from pipeline.images import decode
+
+    g = Geometry()
+    assert all(decode(p, g.crop_box, g.input_size).scale == 2 for p in (jpg / "Rendered_Images").iterdir())
     run(png, tmp_path / "out_png", "--zoom-views", "1")
     run(jpg, tmp_path / "out_jpg", "--zoom-views", "1")
     a, b = load_dataset(tmp_path / "out_png"), load_dataset(tmp_path / "out_jpg")
