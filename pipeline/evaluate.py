@@ -237,6 +237,10 @@ def format_summary(s: dict) -> str:
                      f"window; zoom median {f(look['zoom_median'], 2)}, {f(zr[0], 2)}-{f(zr[1], 2)}); pose refitted "
                      f"after it on {look['pose_refined_images']} (to both looks' detections on "
                      f"{look.get('looks_disagreed_images', 0)}, where the looks disagreed)")
+        if look.get("unposed_looked_again_images"):
+            lines.append(f"images without a first-look pose: looked at with the object filling up to "
+                         f"{f(look.get('fill_unposed'), 2)}; {look['unposed_looked_again_images']} still without "
+                         f"a pose looked at again up to {f(look['fill'], 2)}")
     if s.get("skipped_files"):
         lines.append(f"skipped {len(s['skipped_files'])} unreadable file(s); listed in evaluation_summary.json")
     return "\n".join(lines)

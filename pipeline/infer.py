@@ -250,6 +250,15 @@ class Predictions:
     turn_xy: np.ndarray | None = None  # (N, T, K, 2) normalised: each test-time turn's own peaks
     turn_conf: np.ndarray | None = None  # (N, T, K) their heights
 
+    def take(self, idx) -> Predictions:
+        """The predictions of images ``idx`` (their errors re-indexed; no figures' inputs or heatmaps)."""
+        idx = np.asarray(idx, int)
+        where = {int(i): j for j, i in enumerate(idx)}
+        turns = {} if self.turn_xy is None else {"turn_xy": self.turn_xy[idx], "turn_conf": self.turn_conf[idx]}
+        return Predictions(xy=self.xy[idx], confidence=self.confidence[idx], sizes=self.sizes[idx], ok=self.ok[idx],
+                           errors={where[i]: e for i, e in self.errors.items() if i in where},
+                           inputs=self.inputs[:0], heatmaps=self.heatmaps[:0], **turns)
+
 
 def decode(outputs: dict, decoder: str) -> tuple[np.ndarray, np.ndarray]:
     """Model outputs -> (xy (B, K, 2) normalised, confidence (B, K) heatmap peak).

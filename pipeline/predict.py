@@ -38,7 +38,7 @@ from pipeline.fold import fold_batchnorm
 from pipeline.geometry import Geometry
 from pipeline.images import ImageError, open_image
 from pipeline.infer import DECODERS, InferError, collect_inputs, ground_truth, predict_files
-from pipeline.second_look import LOOKS
+from pipeline.second_look import LOOKS, look_fills
 from pipeline.tta import check_tta, resolve_tta
 
 MANAGED = ("predictions.json", "predictions.csv", "evaluation_summary.json", "evaluation_summary.txt",
@@ -354,23 +354,59 @@ def _refine(cam, preds, geometry: Geometry, cfg: InferConfig):
 def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, cfg: InferConfig, meta: dict,
                  tta: str, **predict_kw):
     """Predict again on windows centred on the first estimate (:mod:`pipeline.second_look`) and fit the
-    pose again (:func:`pipeline.second_look.refit`). Images where that fit fails keep the first look's
-    result. Returns (xy normalised, pose_info, {"boxes", "zooms", "ok", "fill", "fill_note", "refined",
-    "disagreed"}). ``predict_kw``: passed on to :func:`predict_files`."""
+    pose again (:func:`pipeline.second_look.refit`). An image without a first-look pose is looked at
+    less magnified (:func:`pipeline.second_look.look_fills`); where no pose comes of that either, its
+    window at the posed images' share is kept for :func:`_third_look`. Images where the fit fails keep
+    the first look's result. Returns (xy normalised, pose_info, {"boxes", "zooms", "ok", "fill",
+    "fill_note", "refined", "disagreed", "retry", "retry_boxes", "retry_zooms"}). ``predict_kw``:
+    passed on to :func:`predict_files`."""
     from pipeline.second_look import fill_share, look_boxes, refit
 
     safe = np.where(preds.sizes > 0, preds.sizes, 1)
     refined = np.array([bool(p and p.get("refined")) for p in pose_info])
     mask = np.where(refined[:, None], True, preds.confidence >= cfg.vis_threshold)
     fill, fill_note = fill_share(meta)
-    boxes, zooms = look_boxes(geometry, safe, geometry.from_normalised(xy, safe), mask, fill)
+    fills = look_fills(fill, refined)
+    centre_on = geometry.from_normalised(xy, safe)
+    boxes, zooms = look_boxes(geometry, safe, centre_on, mask, fills)
     again = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
                           decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes, **predict_kw)
     xy, pose_info, disagreed = refit(cam, preds, again, xy, pose_info, boxes, geometry, cfg.vis_threshold,
                                      cfg.decoder == "peak")
-    refitted = np.array([bool(p and p.get("looks") == 2) for p in pose_info])
+    retry = preds.ok & again.ok & (fills < fill) & ~_refitted(pose_info)
+    retry_boxes, retry_zooms = look_boxes(geometry, safe, centre_on, mask, fill) if retry.any() else (boxes, zooms)
     return xy, pose_info, {"boxes": boxes, "zooms": zooms, "ok": preds.ok & again.ok, "fill": fill,
-                           "fill_note": fill_note, "refined": refitted, "disagreed": disagreed}
+                           "fill_note": fill_note, "refined": _refitted(pose_info), "disagreed": disagreed,
+                           "retry": retry, "retry_boxes": retry_boxes, "retry_zooms": retry_zooms}
+
+
+def _third_look(model, samples, cam, preds, xy, pose_info, look: dict, geometry: Geometry, cfg: InferConfig,
+                tta: str, pad: bool):
+    """The images without a pose after a less magnified second look (``look["retry"]``), looked at again
+    at the posed images' share, all in one pass (decoded again: a few images). Where a pose is fitted
+    it replaces their result and ``look``'s window, zoom and flags (updated in place)."""
+    from pipeline.second_look import refit
+
+    idx = np.flatnonzero(look["retry"])
+    if len(idx) == 0:
+        return xy, pose_info
+    boxes = look["retry_boxes"][idx]
+    wide = predict_files(model, [samples[i].image for i in idx], geometry, batch_size=cfg.batch_size,
+                         decoder=cfg.decoder, progress=False, tta=tta, boxes=boxes, pad=pad)
+    new_xy, new_info, disagreed = refit(cam, preds.take(idx), wide, xy[idx], [pose_info[i] for i in idx], boxes,
+                                        geometry, cfg.vis_threshold, cfg.decoder == "peak")
+    xy, pose_info = xy.copy(), list(pose_info)
+    for j in np.flatnonzero(_refitted(new_info)):
+        i = idx[j]
+        xy[i], pose_info[i] = new_xy[j], new_info[j]
+        look["boxes"][i], look["zooms"][i] = boxes[j], look["retry_zooms"][i]
+        look["refined"][i], look["disagreed"][i] = True, disagreed[j]
+    return xy, pose_info
+
+
+def _refitted(pose_info) -> np.ndarray:
+    """(N,) whether each image's pose was fitted after a second look."""
+    return np.array([bool(p and p.get("looks") == 2) for p in pose_info], bool)
 
 
 def _chunk_size(files, batch_size: int) -> int:
@@ -391,8 +427,9 @@ def _chunk_size(files, batch_size: int) -> int:
 def _two_looks(model, samples, cam, geometry: Geometry, cfg: InferConfig, meta: dict, tta: str, keep: int):
     """Both looks and their pose fits, chunk by chunk: the images a chunk's first look decodes are held
     for its second look (:class:`pipeline.infer.HeldImages`, within ``HOLD_BYTES``), so each file is
-    decoded once. Each image's result is that of one pass over all images. Returns (first-look
-    Predictions, xy normalised, pose_info, look) as :func:`_second_look`."""
+    decoded once; then :func:`_third_look` for all chunks' images that need it. Each image's result is
+    that of one pass over all images. Returns (first-look Predictions, xy normalised, pose_info, look)
+    as :func:`_second_look`."""
     from tqdm.auto import tqdm
 
     from pipeline.infer import HeldImages, concat_predictions
@@ -414,16 +451,21 @@ def _two_looks(model, samples, cam, geometry: Geometry, cfg: InferConfig, meta: 
     preds = concat_predictions([p[0] for p in parts])
     looks = [p[3] for p in parts]
     look = {**looks[0], **{key: np.concatenate([lk[key] for lk in looks])
-                           for key in ("boxes", "zooms", "ok", "refined", "disagreed")}}
-    return preds, np.concatenate([p[1] for p in parts]), [i for p in parts for i in p[2]], look
+                           for key in ("boxes", "zooms", "ok", "refined", "disagreed", "retry", "retry_boxes",
+                                       "retry_zooms")}}
+    xy, info = np.concatenate([p[1] for p in parts]), [i for p in parts for i in p[2]]
+    xy, info = _third_look(model, samples, cam, preds, xy, info, look, geometry, cfg, tta, kw["pad"])
+    return preds, xy, info, look
 
 
 def _look_summary(look, ok) -> dict | None:
     if look is None:
         return None
     z = look["zooms"][look["ok"]]
-    return {"fill": float(look["fill"]), "fill_note": look["fill_note"], "images": int(look["ok"].sum()),
+    return {"fill": float(look["fill"]), "fill_note": look["fill_note"],
+            "fill_unposed": float(look_fills(look["fill"], [False])[0]), "images": int(look["ok"].sum()),
             "pose_refined_images": int(look["refined"].sum()), "looks_disagreed_images": int(look["disagreed"].sum()),
+            "unposed_looked_again_images": int(look["retry"].sum()),
             "zoom_median": float(np.median(z)) if len(z) else None,
             "zoom_range": [float(z.min()), float(z.max())] if len(z) else None}
 

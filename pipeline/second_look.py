@@ -16,7 +16,11 @@ the two looks' poses disagree (their vertices a median ``DISAGREEMENT`` model px
 neither look is trusted alone, both vote, and the first look's pose is a candidate beside those drawn
 from the votes (:func:`refit`). With one detection per vertex and look, both looks
 always vote (alone, the second look's 11 gave 0.97 against 0.89 px). The first look places the
-window, and an image keeps its result where the second fit fails.
+window, and an image keeps its result where the second fit fails. Where the first look fitted no
+pose, the window is centred on its confident detections alone, which are often only part of the
+object (most such objects straddle the edge of the fixed crop), so it is magnified less: that part
+fills at most ``UNPOSED_FILL`` of it, leaving room for the vertices the first look did not see;
+where no pose comes of that look either, the image is looked at once more at the posed share.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 from pipeline.geometry import Geometry
 
 FILL = 0.9  # the largest share of the second window (per axis) the object's extent may fill
+UNPOSED_FILL = 0.6  # the same for an image without a first-look pose (its confident detections' extent)
 EXTENT_PERCENTILE = 95.0  # of the training objects' extents: how large an object the model has seen
 DISAGREEMENT = 3.0  # model-input px: the looks' poses disagree when their vertices lie this far apart (median)
 LOOKS = ("auto", "off")
@@ -63,6 +68,12 @@ def fill_share(meta: dict | None) -> tuple[float, str]:
     seen = float(extent) * scale
     why = f"training objects' extent {float(extent):.2f} x largest augmentation scale {scale:g} = {seen:.2f}"
     return (FILL, f"{FILL:g} ({why} reaches it)") if seen >= FILL else (seen, f"{seen:.2f} ({why})")
+
+
+def look_fills(fill: float, posed: np.ndarray) -> np.ndarray:
+    """(N,) shares of the second window the first estimate's extent may fill: ``fill`` for images whose
+    first look fitted a pose (``posed`` (N,)), at most :data:`UNPOSED_FILL` for the others."""
+    return np.where(np.asarray(posed, bool), float(fill), min(float(fill), UNPOSED_FILL))
 
 
 def look_boxes(geometry: Geometry, sizes: np.ndarray, points: np.ndarray, mask: np.ndarray,

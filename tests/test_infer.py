@@ -1,5 +1,6 @@
 """Inference stage: geometry round trip, end-to-end CLI on tiny data, bad inputs."""
 
+import csv
 import json
 import shutil
 from dataclasses import asdict
@@ -335,6 +336,7 @@ def test_second_look_recentres_magnifies_and_sharpens(tmp_path, monkeypatch):
     assert use_vis.main(args) == 0
     s = json.loads((out / "evaluation_summary.json").read_text())
     assert s["second_look"]["images"] == n and s["second_look"]["fill"] == pytest.approx(0.6)
+    assert s["second_look"]["fill_unposed"] == pytest.approx(0.6)  # UNPOSED_FILL, not above the share
     assert s["second_look"]["pose_refined_images"] >= 4
     assert s["detections_before_refinement"]["euclidean_mean"] > 0.3  # the first look's noise
     assert s["euclidean_mean"] < 0.6 * one["euclidean_mean"], (s["euclidean_mean"], one["euclidean_mean"])
@@ -475,3 +477,71 @@ def test_a_chunk_of_unreadable_files_is_skipped_and_named(tmp_path, monkeypatch)
     assert sorted(Path(s["file"]).name for s in d["skipped_files"]) == ["b1.png", "b2.png"]
     assert d["second_look"]["images"] == 3
     assert all(im["orig_size"] == [1920, 1080] and "second_look_box_orig" in im for im in d["images"])
+
+
+def test_an_image_without_a_pose_is_looked_at_less_magnified_then_at_the_posed_share(tmp_path, monkeypatch):
+    """Image 0's first two looks are scrambled (15 model px of noise: no rigid pose fits them), so its
+    first look fits no pose, its second window is magnified to ``UNPOSED_FILL`` instead of the posed
+    share, and a third look at the posed share, where the oracle answers exactly, fits the pose. The
+    other images are posed by their first look and looked at twice, unless fewer than five of their
+    vertices are visible (no pose at all: three looks too)."""
+    import hashlib
+
+    from pipeline import images, second_look
+    from pipeline.images import crop_resize, open_image
+
+    k, geometry, n = 11, Geometry(), 4
+    data, pre, found, sizes, _, truth, noisy, vis = _renders_and_truth(tmp_path, n)
+    assert vis[0].sum() >= 6
+    digest = lambda a: hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()  # noqa: E731
+    image_of = {digest(np.asarray(open_image(s.image))): i for i, s in enumerate(found.samples)}
+    shown, seen_by = {}, {i: [] for i in range(n)}
+    rng = np.random.default_rng(3)
+
+    def traced_crop(img, geo, box=None):
+        x = crop_resize(img, geo, box)
+        shown[digest(x)] = (image_of[digest(np.asarray(getattr(img, "image", img)))], box)  # third look: Decoded
+        return x
+
+    class WindowOracle:
+        def predict_on_batch(self, x):
+            xy, seen = np.full((len(x), k, 2), 0.5), np.zeros((len(x), k), bool)
+            for j, img in enumerate(np.asarray(x, np.uint8)):
+                if digest(img) not in shown:
+                    continue  # padding
+                i, box = shown[digest(img)]
+                seen_by[i].append(box)
+                seen[j] = vis[i]
+                exact = truth[i] if box is None else Geometry.to_box(geometry.from_normalised(truth[i], sizes[i]), box)
+                if i == 0 and len(seen_by[0]) <= 2:
+                    xy[j] = exact + rng.normal(0, 15 / 128, exact.shape)
+                else:
+                    xy[j] = noisy[i] if box is None else exact
+            return {"heatmaps": render(xy, seen, 64, 1.0), "coords": xy.reshape(len(x), -1)}
+
+    fills = []
+    real_boxes = second_look.look_boxes
+    monkeypatch.setattr(second_look, "look_boxes", lambda *a: fills.append(np.broadcast_to(a[4], len(a[1])).copy())
+                        or real_boxes(*a))
+    monkeypatch.setattr(images, "crop_resize", traced_crop)
+    sidecar = {"preprocess": pre, "train": {"affine_prob": 0.5, "scale_range": 0.2}}  # no extent: FILL
+    monkeypatch.setattr(predict, "load_model_and_geometry", lambda p: (WindowOracle(), sidecar, geometry, k))
+    out = tmp_path / "pred"
+    assert use_vis.main(["--input", str(data), "--decoder", "softargmax", "--out-dir", str(out), "--no-progress",
+                         "--visualize", "0", "--split", "all", "--tta", "none"]) == 0
+    unposed = (vis.sum(1) < 5) | (np.arange(n) == 0)
+    np.testing.assert_allclose(fills[0], np.where(unposed, second_look.UNPOSED_FILL, second_look.FILL))
+    np.testing.assert_allclose(fills[1], second_look.FILL)  # the third look's windows
+    assert [len(seen_by[i]) for i in range(n)] == list(np.where(unposed, 3, 2))
+    second_box, third_box = np.array(seen_by[0][1]), np.array(seen_by[0][2])
+    np.testing.assert_allclose(0.5 * (second_box[:2] + second_box[2:]), 0.5 * (third_box[:2] + third_box[2:]))
+    zoom = lambda b: 1000 / (b[2] - b[0])  # noqa: E731
+    assert zoom(third_box) == pytest.approx(zoom(second_box) * second_look.FILL / second_look.UNPOSED_FILL)
+    s = json.loads((out / "evaluation_summary.json").read_text())
+    assert s["second_look"]["unposed_looked_again_images"] == unposed.sum() < n
+    assert s["second_look"]["fill_unposed"] == pytest.approx(second_look.UNPOSED_FILL)
+    rec = json.loads((out / "predictions.json").read_text())["images"][0]
+    assert rec["pose"]["looks"] == 2 and rec["second_look_zoom"] == pytest.approx(zoom(third_box))
+    errors = [float(r["error_input_px"]) for r in csv.DictReader(open(out / "predictions.csv"))
+              if r["stem"] == rec["stem"] and r["error_input_px"]]
+    assert len(errors) >= 6 and max(errors) < 0.1, errors  # the third look's exact answer, fitted

@@ -8,7 +8,16 @@ from PIL import Image
 
 from pipeline.geometry import Geometry
 from pipeline.images import crop_resize
-from pipeline.second_look import FILL, disagreement, fill_share, final_votes, look_boxes, object_extent
+from pipeline.second_look import (
+    FILL,
+    UNPOSED_FILL,
+    disagreement,
+    fill_share,
+    final_votes,
+    look_boxes,
+    look_fills,
+    object_extent,
+)
 
 G = Geometry()  # 1920x1080 -> centre 1000x1000 crop [460, 40, 1460, 1040] -> 128 px
 
@@ -48,6 +57,17 @@ def test_look_boxes_centre_on_the_object_fill_the_share_and_keep_it_inside():
     np.testing.assert_allclose(boxes[3, 2:] - boxes[3, :2], [128.0, 128.0])
     _, zooms = look_boxes(G, sizes, pts, mask, 0.6)  # a smaller share: 3x
     np.testing.assert_allclose(zooms[0], 3.0)
+
+
+def test_an_image_without_a_first_look_pose_is_magnified_less():
+    np.testing.assert_allclose(look_fills(FILL, [True, False]), [FILL, UNPOSED_FILL])
+    np.testing.assert_allclose(look_fills(0.5, [True, False]), [0.5, 0.5])  # never more than the posed share
+    pts = np.array([[[900.0, 500.0], [1100.0, 600.0]]] * 2)  # the same 200-px extent in both images
+    sizes = np.array([[1920, 1080]] * 2)
+    boxes, zooms = look_boxes(G, sizes, pts, np.ones((2, 2), bool), look_fills(0.9, [True, False]))
+    np.testing.assert_allclose(zooms, [4.5, 4.5 * UNPOSED_FILL / 0.9])
+    np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0], 1000 / zooms)  # the same centre, a wider window
+    np.testing.assert_allclose(boxes[:, :2] + boxes[:, 2:], [[2000.0, 1100.0]] * 2)
 
 
 def test_box_coordinates_round_trip_and_match_the_crop():
