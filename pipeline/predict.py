@@ -351,16 +351,29 @@ def _refine(cam, preds, geometry: Geometry, cfg: InferConfig):
     return xy, pose_info
 
 
+def _look_and_refit(model, samples, cam, first, xy, pose_info, boxes, geometry: Geometry, cfg: InferConfig,
+                    tta: str, **predict_kw):
+    """Predict ``samples`` on ``boxes`` and fit the pose again (:func:`pipeline.second_look.refit`) from
+    the first look's ``first`` predictions, ``xy`` and ``pose_info``: (that look's Predictions, xy,
+    pose_info, disagreed). ``predict_kw``: passed on to :func:`predict_files`."""
+    from pipeline.second_look import refit
+
+    again = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
+                          decoder=cfg.decoder, tta=tta, boxes=boxes, **predict_kw)
+    return (again, *refit(cam, first, again, xy, pose_info, boxes, geometry, cfg.vis_threshold,
+                          cfg.decoder == "peak"))
+
+
 def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, cfg: InferConfig, meta: dict,
                  tta: str, **predict_kw):
     """Predict again on windows centred on the first estimate (:mod:`pipeline.second_look`) and fit the
-    pose again (:func:`pipeline.second_look.refit`). An image without a first-look pose is looked at
-    less magnified (:func:`pipeline.second_look.look_fills`); where no pose comes of that either, its
-    window at the posed images' share is kept for :func:`_third_look`. Images where the fit fails keep
-    the first look's result. Returns (xy normalised, pose_info, {"boxes", "zooms", "ok", "fill",
-    "fill_note", "refined", "disagreed", "retry", "retry_boxes", "retry_zooms"}). ``predict_kw``:
-    passed on to :func:`predict_files`."""
-    from pipeline.second_look import fill_share, look_boxes, refit
+    pose again. An image without a first-look pose is looked at less magnified
+    (:func:`pipeline.second_look.look_fills`); where no pose comes of that either, its window at the
+    posed images' share is kept for :func:`_third_look`. Images where the fit fails keep the first
+    look's result. Returns (xy normalised, pose_info, {"boxes", "zooms", "ok", "fill", "fill_note",
+    "refined", "disagreed", "retry", "retry_boxes", "retry_zooms"}). ``predict_kw``: passed on to
+    :func:`predict_files`."""
+    from pipeline.second_look import fill_share, look_boxes
 
     safe = np.where(preds.sizes > 0, preds.sizes, 1)
     refined = np.array([bool(p and p.get("refined")) for p in pose_info])
@@ -369,11 +382,10 @@ def _second_look(model, samples, cam, preds, xy, pose_info, geometry: Geometry, 
     fills = look_fills(fill, refined)
     centre_on = geometry.from_normalised(xy, safe)
     boxes, zooms = look_boxes(geometry, safe, centre_on, mask, fills)
-    again = predict_files(model, [s.image for s in samples], geometry, batch_size=cfg.batch_size,
-                          decoder=cfg.decoder, progress=cfg.progress, tta=tta, boxes=boxes, **predict_kw)
-    xy, pose_info, disagreed = refit(cam, preds, again, xy, pose_info, boxes, geometry, cfg.vis_threshold,
-                                     cfg.decoder == "peak")
+    again, xy, pose_info, disagreed = _look_and_refit(model, samples, cam, preds, xy, pose_info, boxes, geometry,
+                                                      cfg, tta, progress=cfg.progress, **predict_kw)
     retry = preds.ok & again.ok & (fills < fill) & ~_refitted(pose_info)
+    # the posed share's windows, read only where ``retry``: computed only when some image needs them
     retry_boxes, retry_zooms = look_boxes(geometry, safe, centre_on, mask, fill) if retry.any() else (boxes, zooms)
     return xy, pose_info, {"boxes": boxes, "zooms": zooms, "ok": preds.ok & again.ok, "fill": fill,
                            "fill_note": fill_note, "refined": _refitted(pose_info), "disagreed": disagreed,
@@ -385,16 +397,13 @@ def _third_look(model, samples, cam, preds, xy, pose_info, look: dict, geometry:
     """The images without a pose after a less magnified second look (``look["retry"]``), looked at again
     at the posed images' share, all in one pass (decoded again: a few images). Where a pose is fitted
     it replaces their result and ``look``'s window, zoom and flags (updated in place)."""
-    from pipeline.second_look import refit
-
     idx = np.flatnonzero(look["retry"])
     if len(idx) == 0:
         return xy, pose_info
     boxes = look["retry_boxes"][idx]
-    wide = predict_files(model, [samples[i].image for i in idx], geometry, batch_size=cfg.batch_size,
-                         decoder=cfg.decoder, progress=False, tta=tta, boxes=boxes, pad=pad)
-    new_xy, new_info, disagreed = refit(cam, preds.take(idx), wide, xy[idx], [pose_info[i] for i in idx], boxes,
-                                        geometry, cfg.vis_threshold, cfg.decoder == "peak")
+    _, new_xy, new_info, disagreed = _look_and_refit(model, [samples[i] for i in idx], cam, preds.take(idx),
+                                                     xy[idx], [pose_info[i] for i in idx], boxes, geometry, cfg,
+                                                     tta, progress=False, pad=pad)
     xy, pose_info = xy.copy(), list(pose_info)
     for j in np.flatnonzero(_refitted(new_info)):
         i = idx[j]

@@ -119,10 +119,10 @@ def test_render_matches_the_gaussian_formula_in_both_dtypes():
     xy = rng.uniform(-0.1, 1.1, (6, 5, 2))
     vis = rng.uniform(size=(6, 5)) > 0.3
     s, sigma = 64, 2.0
-    c = (np.arange(s) + 0.5)[None, :, None, None]  # rows
-    r = (np.arange(s) + 0.5)[None, None, :, None]  # columns
+    y_centre = (np.arange(s) + 0.5)[None, :, None, None]  # pixel-centre y of each row (axis 1)
+    x_centre = (np.arange(s) + 0.5)[None, None, :, None]  # pixel-centre x of each column (axis 2)
     px, py = xy[..., 0][:, None, None, :] * s, xy[..., 1][:, None, None, :] * s
-    want = np.exp(-((r - px) ** 2 + (c - py) ** 2) / (2 * sigma**2)) * vis[:, None, None, :]
+    want = np.exp(-((x_centre - px) ** 2 + (y_centre - py) ** 2) / (2 * sigma**2)) * vis[:, None, None, :]
     h32 = hm.render(xy, vis, s, sigma)
     h16 = hm.render(xy, vis, s, sigma, dtype=np.float16)
     assert h32.shape == h16.shape == (6, s, s, 5) and h16.dtype == np.float16
