@@ -53,6 +53,8 @@ def describe() -> dict:
         tf_version = tf.__version__
     except ImportError:  # pragma: no cover
         tf_version = "absent"
+    from pipeline.images import png_decoder
+
     flags = cpu_flags()
     return {
         "cpu": cpu_model(),
@@ -62,6 +64,7 @@ def describe() -> dict:
         "cpu_isa": isa_level(flags),
         "gpu": gpu_name() or "none",
         "tensorflow": tf_version,
+        "png_decoder": png_decoder(),
         "numpy": np.__version__,
         "python": platform.python_version(),
     }

@@ -26,7 +26,8 @@ import numpy as np
 from pipeline import annotations as ann
 from pipeline.geometry import Geometry
 from pipeline.heatmaps import decode_peak
-from pipeline.images import IMAGE_SUFFIXES, ImageError, list_images, load_model_input, open_image
+from pipeline.images import IMAGE_SUFFIXES, ImageError, list_images, load_model_input
+from pipeline.images import decode as decode_image
 from pipeline.tta import merge_outputs, tta_angles, turned_inputs
 
 DECODERS = ("peak", "softargmax")
@@ -164,7 +165,7 @@ class HeldImages:
             if img is not None:
                 self.used -= decoded_bytes(img.size)
                 return img
-        img = open_image(path)
+        img = decode_image(path)
         with self._lock:
             if first and self.used + decoded_bytes(img.size) <= self.budget:
                 self._images[i] = img
@@ -173,7 +174,8 @@ class HeldImages:
 
 
 def decoded_bytes(size) -> int:
-    """Memory of a decoded RGB image of ``size`` (W, H): Pillow keeps a pixel in 4 bytes."""
+    """Memory of a decoded RGB image of ``size`` (W, H), at most: Pillow keeps a pixel in 4 bytes (a
+    Wuffs-decoded array in 3)."""
     return 4 * int(size[0]) * int(size[1])
 
 
@@ -197,8 +199,8 @@ def image_batches(files, geometry: Geometry, batch_size: int, workers: int = 0, 
     Yields (index (B,), input (B, S, S, 3) uint8, (W, H) (B, 2), ok (B,)); returns it as a generator
     with the ``errors`` dict it fills: a file that cannot be read yields a black input with ``ok``
     False and its message there. ``workers`` decoders (0: one per CPU core, at least 2); Pillow
-    releases the GIL while it decodes and resamples. ``boxes`` (N, 4): per-image crop windows in
-    original px in place of the geometry's. ``held``: decoded images kept between two passes
+    and Wuffs release the GIL while they decode, Pillow while it resamples. ``boxes`` (N, 4):
+    per-image crop windows in original px in place of the geometry's. ``held``: decoded images kept between two passes
     (:class:`HeldImages`).
 
     Not tf.data: destroying a finished tf.data iterator whose map ran Python waited up to 5 s for

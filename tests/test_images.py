@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline import images
 from pipeline.geometry import Geometry
 from pipeline.images import (
+    PNG_DECODER_ENV,
     ImageError,
     crop_resize,
     decode,
@@ -17,9 +19,34 @@ from pipeline.images import (
 RGB = (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)
 
 
+@pytest.fixture(params=["wuffs", "pillow"])
+def png_decoder(request, monkeypatch):
+    """Each test that takes this runs with either PNG decoder (Wuffs only where pywuffs is installed)."""
+    if request.param == "wuffs" and images.ImageDecoder is None:
+        pytest.skip("pywuffs is not installed (requirements-fast.txt)")
+    monkeypatch.setenv(PNG_DECODER_ENV, request.param)
+    assert images.png_decoder() == request.param
+    return request.param
+
+
+@pytest.fixture
+def wuffs_calls(monkeypatch):
+    """Counts the PNG files Wuffs decodes (the real decoder, wrapped)."""
+    calls = []
+    real = images.ImageDecoder
+    monkeypatch.delenv(PNG_DECODER_ENV, raising=False)
+
+    def counting(cfg):
+        calls.append(cfg)
+        return real(cfg)
+
+    monkeypatch.setattr(images, "ImageDecoder", counting)
+    return calls
+
+
 @pytest.mark.parametrize("mode, suffix", [(m, ".png") for m in ("RGB", "L", "RGBA", "P", "LA")]
                          + [("RGB", ".jpg"), ("L", ".jpg")])
-def test_every_mode_becomes_rgb(tmp_path, mode, suffix):
+def test_every_mode_becomes_rgb(tmp_path, mode, suffix, png_decoder):
     path = tmp_path / f"x{suffix}"
     Image.fromarray(RGB).convert(mode).save(path)
     got = np.asarray(open_image(path))
@@ -28,7 +55,7 @@ def test_every_mode_becomes_rgb(tmp_path, mode, suffix):
     np.testing.assert_array_equal(got, want)
 
 
-def test_sixteen_bit_is_scaled_to_its_maximum(tmp_path):
+def test_sixteen_bit_is_scaled_to_its_maximum(tmp_path, png_decoder):
     path = tmp_path / "deep.png"
     Image.fromarray(np.arange(1200, dtype=np.uint16).reshape(30, 40) * 3).save(path)
     got = np.asarray(open_image(path))
@@ -45,7 +72,7 @@ def test_exif_orientation_is_ignored(tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"not an image", b"", "truncated"])
-def test_broken_files_name_the_file(tmp_path, content):
+def test_broken_files_name_the_file(tmp_path, content, png_decoder):
     path = tmp_path / "broken.png"
     if content == "truncated":
         Image.fromarray(RGB).save(path)
@@ -55,6 +82,53 @@ def test_broken_files_name_the_file(tmp_path, content):
         open_image(path)
     with pytest.raises(ImageError, match="missing.png: file not found"):
         open_image(tmp_path / "missing.png")
+
+
+@pytest.mark.skipif(images.ImageDecoder is None, reason="pywuffs is not installed (requirements-fast.txt)")
+def test_wuffs_decodes_plain_png_and_leaves_the_rest_to_pillow(tmp_path, wuffs_calls):
+    """Wuffs takes 8-bit grey and RGB files and gives Pillow's pixels; files whose alpha, transparent
+    colour or 16-bit samples Wuffs would map otherwise go to Pillow."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    files = {"rgb.png": Image.fromarray(big), "grey.png": Image.fromarray(big).convert("L"),
+             "small.png": Image.fromarray(RGB), "alpha.png": Image.fromarray(RGB).convert("RGBA")}
+    for name, im in files.items():
+        im.save(tmp_path / name)
+    Image.fromarray(RGB).save(tmp_path / "trns.png", transparency=tuple(int(v) for v in RGB[0, 0]))
+    cv2.imwrite(str(tmp_path / "deep.png"), rng.integers(0, 65536, (30, 40, 3), dtype=np.uint16))
+    for name, by_wuffs in [("rgb.png", 1), ("grey.png", 1), ("small.png", 1), ("alpha.png", 0),
+                           ("trns.png", 0), ("deep.png", 0)]:
+        before = len(wuffs_calls)
+        got = np.asarray(open_image(tmp_path / name))
+        assert len(wuffs_calls) - before == by_wuffs, name
+        np.testing.assert_array_equal(got, np.asarray(Image.open(tmp_path / name).convert("RGB")), err_msg=name)
+    # the transparent colour occurs at pixel (0, 0): Wuffs would have made it black
+    assert open_image(tmp_path / "trns.png").getpixel((0, 0)) == tuple(int(v) for v in RGB[0, 0])
+
+
+@pytest.mark.parametrize("box", [(100, 50, 300, 250), (-40, -30, 120, 90), (380, 200, 560, 380), (-90, 0, -10, 80),
+                                 (10.3, 20.7, 130.2, 140.6)])
+def test_windows_cut_from_a_decoded_array_match_pillow(tmp_path, png_decoder, box):
+    """A window inside, across the corner, past the far edge, wholly outside, at fractional bounds: the
+    model input cut from the decoded file equals the one Pillow cuts from its own image."""
+    path = tmp_path / "r.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 500, 3), dtype=np.uint8)).save(path)
+    g = Geometry(input_size=64)
+    img = decode(path)
+    assert isinstance(img.image, np.ndarray) == (png_decoder == "wuffs")
+    got = crop_resize(img, g, np.array(box, float))
+    want = crop_resize(Image.open(path).convert("RGB"), g, np.array(box, float))
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (64, 64, 3) and (box[2] > 0 or got.max() == 0)
+
+
+def test_the_png_decoder_can_be_ruled_out(monkeypatch):
+    monkeypatch.setenv(PNG_DECODER_ENV, "pillow")
+    assert images.png_decoder() == "pillow"
+    monkeypatch.delenv(PNG_DECODER_ENV)
+    assert images.png_decoder() == ("pillow" if images.ImageDecoder is None else "wuffs")
 
 
 # -- scaled JPEG decoding ------------------------------------------------------------------------

@@ -377,12 +377,12 @@ def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, 
 
     def traced_crop(img, geo, box=None):
         x = crop_resize(img, geo, box)
-        shown[digest(x)] = (image_of[digest(np.asarray(img))], box)
+        shown[digest(x)] = (image_of[digest(np.asarray(getattr(img, "image", img)))], box)  # held: Decoded
         return x
 
-    def counted_open(path):
+    def counted_decode(path):
         decoded.append(Path(path).name)
-        return open_image(path)
+        return images.decode(path)
 
     class WindowOracle:
         def predict_on_batch(self, x):
@@ -403,7 +403,7 @@ def test_two_looks_in_chunks_decode_each_file_once_and_change_nothing(tmp_path, 
     real_boxes = second_look.look_boxes
     monkeypatch.setattr(second_look, "look_boxes", lambda *a: windows.append(len(a[1])) or real_boxes(*a))
     monkeypatch.setattr(images, "crop_resize", traced_crop)
-    monkeypatch.setattr(infer, "open_image", counted_open)
+    monkeypatch.setattr(infer, "decode_image", counted_decode)
     sidecar = {"preprocess": pre, "train": {"affine_prob": 0.5, "scale_range": 0.2}, "objects": {"extent": 0.5}}
     monkeypatch.setattr(predict, "load_model_and_geometry", lambda p: (WindowOracle(), sidecar, geometry, k))
     args = ["--input", str(data), "--decoder", "softargmax", "--no-progress", "--visualize", "2", "--split", "all",
@@ -431,19 +431,19 @@ def test_held_images_decode_each_file_once_within_the_budget(dataset, monkeypatc
     """A budget of two 1920x1080 images over three of them: the first two are kept by the first pass and
     handed out by the second; the third does not fit and is decoded again; nothing stays held."""
     from pipeline import infer
-    from pipeline.images import open_image
+    from pipeline.images import decode, open_image
 
     files = sorted((Path(dataset) / "Rendered_Images").iterdir())
     big = [f for f in files if open_image(f).size == (1920, 1080)][:1] * 3  # one file under three indices
     opened = []
-    monkeypatch.setattr(infer, "open_image", lambda p: opened.append(p) or open_image(p))
+    monkeypatch.setattr(infer, "decode_image", lambda p: opened.append(p) or decode(p))
     held = infer.HeldImages(2 * 4 * 1920 * 1080)
     first = [held.take(f, i) for i, f in enumerate(big)]
     assert len(opened) == 3 and held.used == 2 * 4 * 1920 * 1080
     second = [held.take(f, i) for i, f in enumerate(big)]
     assert len(opened) == 4 and held.used == 0  # only the third decoded again
     assert second[0] is first[0] and second[1] is first[1] and second[2] is not first[2]
-    np.testing.assert_array_equal(np.asarray(second[2]), np.asarray(first[2]))
+    np.testing.assert_array_equal(np.asarray(second[2].pil()), np.asarray(first[2].pil()))
     held.take(big[2], 2)
     assert len(opened) == 5 and held.used == 0  # a third request is decoded and not kept
 
