@@ -8,6 +8,7 @@ chain up to resampling filters, costs one resize instead of two, and is exact in
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from collections.abc import Callable
@@ -76,6 +77,20 @@ def png_decoder() -> str:
     if ImageDecoder is None or os.environ.get(PNG_DECODER_ENV, "").lower() == "pillow":
         return "pillow"
     return "wuffs"
+
+
+def keep_freed_buffers() -> bool:
+    """Have glibc keep freed blocks of up to 32 MB for reuse (True where it could be told).
+
+    By default it hands a freed multi-megabyte block back to the system at once, so every Wuffs decode
+    faults its pixel buffer in anew: about 3,900 page faults per 1080p render in a preprocessing
+    worker, 37 instead of 26 ms per image there (2-core AMD EPYC). Call it in processes that decode
+    many images."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 128 << 20))  # M_MMAP_, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def _wuffs_rgb(path: Path, img: Image.Image) -> np.ndarray | None:
