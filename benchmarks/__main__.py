@@ -107,7 +107,8 @@ def _pair(row: dict, a: str, b: str) -> str:
 def table(results: dict) -> str:
     info = results["machine"]
     lines = [f"Machine: {info['cpu']}, {info['cores']} cores, GPU: {info['gpu']}, bf16 CPU: {info['cpu_bf16']}, "
-             f"TensorFlow {info['tensorflow']}, PNG decoder {info.get('png_decoder', 'pillow')} ({results['date']}{', quick' if results['quick'] else ''})", "",
+             f"TensorFlow {info['tensorflow']}, PNG decoder {info.get('png_decoder', 'pillow')} "
+             f"({results['date']}{', quick' if results['quick'] else ''})", "",
              "| benchmark | pipeline | naive baseline | ratio |", "| --- | --- | --- | --- |"]
     k = results.get("peak")
     if k:

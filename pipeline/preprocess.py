@@ -29,7 +29,7 @@ from pipeline.annotations import (
 from pipeline.arrays import INDEX_FILE, X_FILE, Y_FILE, atomic_path, shard_names, write_npz_stored
 from pipeline.config import PreprocessConfig, to_dict
 from pipeline.geometry import Geometry
-from pipeline.images import ImageError, crop_resize, decode, keep_freed_buffers
+from pipeline.images import ImageError, crop_resize, decode, keep_freed_buffers, png_decoder
 from pipeline.pose import calibrate_pairs
 from pipeline.views import ZoomViews
 
@@ -68,7 +68,8 @@ def _init_worker(geometry: Geometry, zoom: ZoomViews) -> None:
     global _GEOMETRY, _ZOOM
     _GEOMETRY, _ZOOM = geometry, zoom
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    keep_freed_buffers()
+    if png_decoder() == "wuffs":
+        keep_freed_buffers()
 
 
 def _load(task):
