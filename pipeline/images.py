@@ -88,7 +88,8 @@ def keep_freed_buffers() -> bool:
     many images."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 128 << 20))  # M_MMAP_, M_TRIM_THRESHOLD
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 128 << 20))
     except (OSError, AttributeError):  # not glibc
         return False
 

@@ -200,8 +200,8 @@ def image_batches(files, geometry: Geometry, batch_size: int, workers: int = 0, 
     with the ``errors`` dict it fills: a file that cannot be read yields a black input with ``ok``
     False and its message there. ``workers`` decoders (0: one per CPU core, at least 2); Pillow
     and Wuffs release the GIL while they decode, Pillow while it resamples. ``boxes`` (N, 4):
-    per-image crop windows in original px in place of the geometry's. ``held``: decoded images kept between two passes
-    (:class:`HeldImages`).
+    per-image crop windows in original px in place of the geometry's. ``held``: decoded images kept
+    between two passes (:class:`HeldImages`).
 
     Not tf.data: destroying a finished tf.data iterator whose map ran Python waited up to 5 s for
     its threads after the model had run (measured on 2 cores, TensorFlow 2.21), once per pass, and
