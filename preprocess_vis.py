@@ -36,7 +36,7 @@ def main(argv=None):
         raise SystemExit(2) from None
     views = f" ({report.renders} renders x {1 + cfg.zoom_views} views)" if cfg.zoom_views else ""
     print(f"Wrote {report.x_path} and {report.y_path}: {report.samples} samples{views}, K={report.num_keypoints}, "
-          f"{report.seconds:.1f} s ({report.images_per_second:.1f} images/s).")
+          f"{report.seconds:.1f} s ({report.images_per_second:.1f} images/s, PNG decoder {report.png_decoder}).")
     print(f"Object and camera for pose refinement: {report.camera_note}")
     if report.images_without_json:
         print(f"{len(report.images_without_json)} image(s) without annotation (not used for training), "

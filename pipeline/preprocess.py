@@ -52,6 +52,7 @@ class PreprocessReport:
     json_without_image: list = field(default_factory=list)
     seconds: float = 0.0
     camera_note: str = ""  # the object/camera calibration used for pose refinement at inference, or why none
+    png_decoder: str = ""  # what decoded 8-bit PNG files (pipeline.images.png_decoder)
     x_path: str = ""
     y_path: str = ""
 
@@ -148,6 +149,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessReport
         num_keypoints=k,
         images_without_json=pairing.images_without_json,
         json_without_image=pairing.json_without_image,
+        png_decoder=png_decoder(),
     )
     pairs = pairing.pairs[: cfg.limit] if cfg.limit > 0 else pairing.pairs
     if not pairs:
@@ -172,7 +174,7 @@ def preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessReport
         progress=progress,
         edges=mesh.edges,
         config=to_dict(cfg) | {"num_keypoints": k, "mesh_path": str(mesh_path), "mesh_name": mesh.name,
-                               "data_dir_abs": str(data_dir.resolve()),
+                               "data_dir_abs": str(data_dir.resolve()), "png_decoder": report.png_decoder,
                                "object_camera": cam.to_dict() if cam else None, "object_camera_note": report.camera_note},
     )
     shards = max(1, cfg.shards)

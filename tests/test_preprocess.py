@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import preprocess_vis
+from pipeline import images
 from pipeline.arrays import load_dataset
 from pipeline.config import geometry_from_dict
 from tests.make4sp import write_dataset
@@ -186,6 +187,20 @@ def test_parallel_workers_give_identical_arrays(dataset, tmp_path):
                          "--quiet", "--sanity-grid", ""])
     a, b = load_dataset(tmp_path / "a"), load_dataset(tmp_path / "b")
     assert np.array_equal(a.x, b.x) and np.array_equal(a.coords, b.coords)
+
+
+@pytest.mark.skipif(images.ImageDecoder is None, reason="pywuffs is not installed (requirements-fast.txt)")
+def test_both_png_decoders_give_identical_arrays(dataset, tmp_path, monkeypatch):
+    """The stage with Wuffs (two worker processes, freed buffers kept) writes Pillow's arrays, and
+    records which decoder it used."""
+    monkeypatch.delenv(images.PNG_DECODER_ENV, raising=False)
+    a = run(dataset, tmp_path / "wuffs", "--workers", "2")
+    monkeypatch.setenv(images.PNG_DECODER_ENV, "pillow")
+    b = run(dataset, tmp_path / "pillow", "--workers", "2")
+    assert (a.png_decoder, b.png_decoder) == ("wuffs", "pillow")
+    da, db = load_dataset(tmp_path / "wuffs"), load_dataset(tmp_path / "pillow")
+    assert da.config["png_decoder"] == "wuffs" and db.config["png_decoder"] == "pillow"
+    assert np.array_equal(da.x, db.x) and np.array_equal(da.coords, db.coords) and da.x.std() > 5
 
 
 def test_shards_concatenated_equal_unsharded(dataset, tmp_path):
