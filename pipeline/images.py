@@ -48,7 +48,7 @@ class Decoded:
 
     ``image`` is a Pillow image, or the (H, W, 3) uint8 array Wuffs decoded: :func:`crop_resize` then
     hands Pillow only each crop window, as copying a whole 1080p render into a Pillow image costs
-    3.5 ms and, in two worker processes, thousands of page faults per image."""
+    3-4 ms and, in two worker processes, thousands of page faults per image."""
 
     image: Image.Image | np.ndarray
     size: tuple[int, int]
@@ -84,7 +84,7 @@ def keep_freed_buffers() -> bool:
 
     By default it hands a freed multi-megabyte block back to the system at once, so every Wuffs decode
     faults its pixel buffer in anew: about 3,900 page faults per 1080p render in a preprocessing
-    worker, 37 instead of 26 ms per image there (2-core AMD EPYC). Call it in processes that decode
+    worker, 35-38 instead of 26 ms per image there (2-core AMD EPYC). Call it in processes that decode
     many images."""
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -101,11 +101,9 @@ def _wuffs_rgb(path: Path, img: Image.Image) -> np.ndarray | None:
     Only 8-bit grey or RGB, non-interlaced, without a transparent colour: Wuffs composites alpha and
     tRNS onto black where Pillow's RGB conversion drops them, and Pillow maps 16-bit files its own way.
     """
-    if img.format != "PNG" or img.mode not in ("L", "RGB") or "transparency" in img.info or png_decoder() != "wuffs":
+    if img.format != "PNG" or png_decoder() != "wuffs" or "transparency" in img.info or img.info.get("interlace"):
         return None
-    with open(path, "rb") as f:
-        head = f.read(29)  # signature, IHDR length and type, width, height, bit depth, ..., interlace
-    if head[12:16] != b"IHDR" or head[24] != 8 or head[28] != 0:
+    if len(img.tile) != 1 or img.tile[0][3] not in ("L", "RGB"):  # Pillow's raw mode: 8-bit grey or RGB
         return None
     cfg = ImageDecoderConfig()
     cfg.enabled_decoders = [ImageDecoderType.PNG]
